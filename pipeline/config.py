@@ -1,0 +1,288 @@
+"""The pipeline's typed configuration: one dataclass per component, loaded from YAML in `conf/`.
+
+`load_config("default", ["train.max_steps=100"])` reads `conf/default.yaml`, applies the dotted
+overrides and checks every key, type and range. A mistake is refused with one line that names the
+key path and what is allowed, before Ray, MLflow or torch are touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data.config import DataConfig
+from data.tokenizer.config import TokenizerConfig
+from model.config import ModelConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A config value was refused; the message is one line naming the key path."""
+
+
+@dataclass
+class TrainConfig:
+    """How the model is trained (Ray Train + Lightning)."""
+
+    num_workers: int = field(default=2, metadata={"min": 1, "help": "DDP workers (Ray Train actors)"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker; nccl instead of gloo"})
+    cpus_per_worker: float = field(default=1.0, metadata={"min": 0.0, "help": "CPUs Ray reserves per worker"})
+    max_steps: int = field(default=2000, metadata={"min": 1, "help": "optimizer steps in total"})
+    max_tokens: int = field(
+        default=2048, metadata={"min": 16, "help": "tokens (source + target, padded) per batch per worker"}
+    )
+    lr: float = field(default=2e-3, metadata={"min": 0.0, "help": "peak learning rate"})
+    warmup_steps: int = field(default=200, metadata={"min": 0, "help": "linear warmup steps"})
+    schedule: str = field(
+        default="inverse_sqrt", metadata={"choices": ["inverse_sqrt", "cosine", "constant"], "help": "decay"}
+    )
+    weight_decay: float = field(default=0.01, metadata={"min": 0.0, "help": "AdamW weight decay"})
+    label_smoothing: float = field(default=0.1, metadata={"min": 0.0, "max": 0.5, "help": "ε_ls"})
+    grad_clip: float = field(default=1.0, metadata={"min": 0.0, "help": "max gradient norm (0: off)"})
+    accumulate_grad_batches: int = field(default=1, metadata={"min": 1, "help": "batches per optimizer step"})
+    val_every_steps: int = field(default=500, metadata={"min": 1, "help": "validation interval in steps"})
+    log_every_steps: int = field(default=25, metadata={"min": 1, "help": "metric logging interval"})
+    precision: str = field(
+        default="auto", metadata={"choices": ["auto", "32", "bf16-mixed"], "help": "auto: bf16 on GPU, fp32 on CPU"}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    threads_per_worker: int = field(default=1, metadata={"min": 1, "help": "torch intra-op threads per worker"})
+
+
+@dataclass
+class EvalConfig:
+    """How a model is evaluated and what decoding translation uses."""
+
+    beam_size: int = field(default=1, metadata={"min": 1, "help": "1 is greedy"})
+    length_penalty: float = field(default=1.0, metadata={"min": 0.0, "help": "GNMT-style α for beam search"})
+    max_len: int = field(default=64, metadata={"min": 1, "help": "longest generated target"})
+    batch_size: int = field(default=64, metadata={"min": 1, "help": "sentences per decoding batch"})
+    max_sentences: int = field(default=0, metadata={"min": 0, "help": "evaluate at most this many (0: all)"})
+
+
+@dataclass
+class RegistryConfig:
+    """Where the trained model is registered and how it is promoted."""
+
+    model_name: str = field(default="tpipe-demo", metadata={"help": "MLflow registered model name"})
+    promote_metric: str = field(
+        default="bleu", metadata={"choices": ["bleu", "chrf", "exact_match"], "help": "higher is better"}
+    )
+
+
+@dataclass
+class RayConfig:
+    """Which Ray cluster to use."""
+
+    address: str | None = field(default=None, metadata={"help": "None: start a local Ray (or RAY_ADDRESS)"})
+    num_cpus: int | None = field(default=None, metadata={"min": 1, "help": "CPUs of a local Ray (None: all)"})
+
+
+@dataclass
+class MLflowConfig:
+    """Where runs and models are tracked."""
+
+    tracking_uri: str | None = field(
+        default=None, metadata={"help": "None: MLFLOW_TRACKING_URI or sqlite under the tpipe home"}
+    )
+    experiment: str = field(default="tpipe", metadata={"help": "MLflow experiment name"})
+
+
+@dataclass
+class PipelineConfig:
+    """Everything `tpipe run` needs. Saved, resolved, with every run."""
+
+    seed: int = field(default=1234, metadata={"min": 0, "help": "one seed for data, tokenizer and training"})
+    run_name: str = field(default="tpipe", metadata={"help": "prefix of the MLflow run name"})
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the named sections (all when none), e.g. `cfg.fingerprint("data", "tokenizer")`."""
+        d = self.to_dict()
+        picked = {s: d[s] for s in sections} if sections else d
+        blob = json.dumps(picked, sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_config_path(name_or_path: str | None) -> Path:
+    """`None` -> conf/default.yaml; `tiny-e2e` -> conf/tiny-e2e.yaml; otherwise a file path."""
+    if name_or_path is None:
+        return CONF_DIR / "default.yaml"
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    candidate = CONF_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    names = sorted(q.stem for q in CONF_DIR.glob("*.yaml"))
+    raise ConfigError(f"unknown config '{name_or_path}'; give a .yaml path or one of: {', '.join(names)}")
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read YAML, expand presets, apply `key.sub=value` overrides, validate. Raises ConfigError."""
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    _expand_presets(raw)
+    return from_dict(PipelineConfig, raw, "")
+
+
+def config_from_dict(raw: dict[str, Any]) -> PipelineConfig:
+    """Rebuild a config from `to_dict()` output (for example inside a Ray worker)."""
+    return from_dict(PipelineConfig, raw, "")
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{item}' has an empty key part")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if isinstance(nxt, str) and i == 0 and p in _PRESET_SECTIONS:
+            nxt = {"preset": nxt}  # `model: tiny` then `model.d_model=256`
+        if nxt is None:
+            nxt = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"'{'.'.join(parts[: i + 1])}' is a value, not a section; cannot set '{key}'")
+        node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+_PRESET_SECTIONS = ("model",)
+
+
+def _expand_presets(raw: dict[str, Any]) -> None:
+    """`model: tiny` or `model: {preset: tiny, ...}` -> conf/model/tiny.yaml with the rest on top."""
+    for section in _PRESET_SECTIONS:
+        value = raw.get(section)
+        if isinstance(value, str):
+            value = {"preset": value}
+        if not isinstance(value, dict) or "preset" not in value:
+            continue
+        name = value.pop("preset")
+        preset_path = CONF_DIR / section / f"{name}.yaml"
+        if not preset_path.exists():
+            names = sorted(q.stem for q in (CONF_DIR / section).glob("*.yaml"))
+            raise ConfigError(f"{section}.preset: unknown preset '{name}'; allowed: {', '.join(names)}")
+        base = yaml.safe_load(preset_path.read_text(encoding="utf-8")) or {}
+        base.update(value)
+        raw[section] = base
+
+
+def from_dict(cls: type, raw: Any, path: str) -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys, wrong types and out-of-range values."""
+    where = path or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown key '{key_path}'; allowed: {', '.join(fields)}")
+        kwargs[key] = _check_value(hints[key], value, key_path, fields[key].metadata)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # cross-field checks in __post_init__
+        raise ConfigError(str(e)) from None
+
+
+def _check_value(tp: Any, value: Any, key_path: str, meta: typing.Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        tp = args[0]
+        origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key_path)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key_path}: expected a list of {item_tp.__name__}, got {value!r}")
+        return [_check_value(item_tp, v, f"{key_path}[{i}]", {}) for i, v in enumerate(value)]
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }[tp](value)
+    if not ok:
+        raise ConfigError(f"{key_path}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+    if tp is float:
+        value = float(value)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key_path}: {value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key_path}: {value!r} is below the minimum {lo}; allowed: >= {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key_path}: {value!r} is above the maximum {hi}; allowed: <= {hi}")
+    return value
+
+
+def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, help) for every field; used by `tpipe config --help-keys`."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hints = typing.get_type_hints(cls)
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += describe(hints[f.name], key + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_ = f.metadata.get("help", "")
+        if "choices" in f.metadata:
+            help_ += f" [{'|'.join(map(str, f.metadata['choices']))}]"
+        rows.append((key, repr(default), help_))
+    return rows
