@@ -5,7 +5,10 @@ This module imports nothing heavy so that configs load (and fail) before torch i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "conf" / "model"
 
 
 @dataclass
@@ -34,8 +37,16 @@ class ModelConfig:
     pad_id: int = field(default=0, metadata={"min": 0, "help": "padding token id (set from the tokenizer)"})
     bos_id: int = field(default=1, metadata={"min": 0, "help": "begin-of-sequence id (set from the tokenizer)"})
     eos_id: int = field(default=2, metadata={"min": 0, "help": "end-of-sequence id (set from the tokenizer)"})
+    norm_eps: float = field(default=1e-5, metadata={"min": 0.0, "help": "ε added inside LayerNorm / RMSNorm"})
 
     def __post_init__(self) -> None:
+        # The pipeline's loader checks choices too; checking here makes a hand-built config fail as loudly.
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ValueError(
+                    f"model.{f.name}={getattr(self, f.name)!r} is not allowed; allowed: {', '.join(choices)}"
+                )
         if self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
@@ -47,3 +58,20 @@ class ModelConfig:
     def head_dim(self) -> int:
         """D, the width of one head: d_k = d_v = d_model / h."""
         return self.d_model // self.n_heads
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: object) -> "ModelConfig":
+        """A named preset from conf/model/ (`tiny`, `base`, `big`) with keyword overrides on top."""
+        path = PRESET_DIR / f"{name}.yaml"
+        if not path.exists():
+            names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+            raise ValueError(f"unknown model preset '{name}'; allowed: {', '.join(names)}")
+        import yaml  # pyyaml, not torch: configs still load before torch is imported
+
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted((set(raw) | set(overrides)) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig key(s) {unknown} in preset '{name}' or overrides")
+        raw.update(overrides)
+        return cls(**raw)
