@@ -1,0 +1,213 @@
+"""The `tpipe` command line.
+
+    tpipe run [CONFIG] [key.sub=value ...]     corpus -> tokenizer -> model -> registry -> evaluation
+    tpipe config [CONFIG] [overrides] [--keys] print the resolved config (or every key with its help)
+    tpipe status [RUN]                         steps of a pipeline run with state, duration, output
+    tpipe evaluate MODEL_URI                   score a registered model on a split or a file
+    tpipe translate MODEL_URI TEXT...          translate a few sentences
+    tpipe ui                                   the MLflow UI for the configured store, on 127.0.0.1
+    tpipe tokenizer ...                        train / encode / decode / explain tokenizers
+
+Heavy imports (torch, ray, mlflow) happen inside the commands, so `tpipe --help` and config
+errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, PipelineConfig, describe, load_config
+
+
+def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG] [key=value ...]`: the first item without '=' names the config."""
+    config, overrides = None, []
+    for i, item in enumerate(items):
+        if "=" not in item and i == 0:
+            config = item
+        elif "=" not in item:
+            raise ConfigError(f"'{item}' is not an override of the form key.sub=value (the config is given first)")
+        else:
+            overrides.append(item)
+    return config, overrides
+
+
+def _load(args) -> PipelineConfig:
+    config, overrides = _split_config_args(args.items)
+    return load_config(config, overrides)
+
+
+def cmd_run(args) -> int:
+    cfg = _load(args)  # validated before Ray or MLflow start
+    from pipeline.runner import run_pipeline
+
+    out = run_pipeline(cfg, from_step=args.from_step, until_step=args.until_step, address=args.address)
+    if args.json:
+        print(json.dumps(out["summary"], ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_config(args) -> int:
+    if args.keys:
+        for key, default, help_ in describe():
+            print(f"{key:36s} {default:>14s}  {help_}")
+        return 0
+    print(_load(args).to_yaml(), end="")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from pipeline.home import Home
+
+    runs_dir = Home.resolve().runs
+    runs = sorted(runs_dir.glob("*/state.json"), key=lambda p: p.stat().st_mtime) if runs_dir.exists() else []
+    if not runs:
+        print(f"no pipeline runs under {runs_dir}")
+        return 1
+    if args.run:
+        picked = [p for p in runs if p.parent.name.startswith(args.run)]
+        if not picked:
+            print(f"no run named {args.run}*; runs: {', '.join(p.parent.name for p in runs)}", file=sys.stderr)
+            return 2
+        state_file = picked[-1]
+    else:
+        state_file = runs[-1]
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    print(f"run {state_file.parent.name}  ({state_file.parent})")
+    print(f"{'step':12s} {'state':9s} {'seconds':>8s}  output")
+    for name, st in state["steps"].items():
+        secs = f"{st['seconds']:.1f}" if "seconds" in st else "-"
+        print(f"{name:12s} {st['state']:9s} {secs:>8s}  {st.get('out_dir', '')}")
+    return 0
+
+
+def _setup_tracking() -> str:
+    from pipeline.home import Home
+    from pipeline.tracking import setup_mlflow
+
+    home = Home.resolve()
+    uri = home.tracking_uri()
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    del setup_mlflow
+    return uri
+
+
+def cmd_translate(args) -> int:
+    _setup_tracking()
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(args.model_uri)
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
+    for src, hyp in zip(texts, model.predict(texts)):
+        print(f"{src}\t{hyp}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    _setup_tracking()
+    from pipeline.evaluate import evaluate_pyfunc
+
+    if args.data:
+        pairs = []
+        with open(args.data, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) < 2:
+                    raise SystemExit(f"{args.data} line {n}: expected 'source<TAB>reference'")
+                pairs.append((parts[-2], parts[-1]))
+    else:
+        raise SystemExit("give --data FILE.tsv (source<TAB>reference per line)")
+    result = evaluate_pyfunc(args.model_uri, [s for s, _ in pairs], [t for _, t in pairs], args.tgt_lang)
+    for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "sentences_per_second"):
+        print(f"{k:22s} {result[k]}")
+    print(f"sacreBLEU {result['signature']['bleu']}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    from pipeline.home import Home
+
+    home = Home.resolve()
+    uri = home.tracking_uri()
+    if not uri.startswith("sqlite:"):
+        print(f"the tracking store is a server: open {uri}")
+        return 0
+    cmd = [
+        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+        "--default-artifact-root", str(home.mlflow_artifacts), "--host", "127.0.0.1", "--port", str(args.port),
+    ]
+    print(" ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tpipe",
+        description="Raw text corpora to a trained, evaluated and registered encoder-decoder Transformer, on Ray and MLflow.",
+        epilog="State lives under $TPIPE_HOME (default ./.tpipe); MLFLOW_TRACKING_URI overrides the MLflow store.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    items_help = "an optional config (a name in conf/ such as 'default' or 'smoke', or a .yaml path) then key.sub=value overrides"
+    r = sub.add_parser("run", help="run the pipeline: prepare, tokenizer, encode, train, register, evaluate",
+                       description="Run (or continue) the pipeline. Finished steps are reused; an interrupted run continues where it stopped.")
+    r.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
+    r.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--from", dest="from_step", default=None, help="re-run from this step (earlier steps are reused)")
+    r.add_argument("--until", dest="until_step", default=None, help="stop after this step")
+    r.add_argument("--json", action="store_true", help="print the run summary as JSON at the end")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("config", help="print the resolved config, or every key with --keys")
+    c.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
+    c.add_argument("--keys", action="store_true", help="list every config key, its default and what it means")
+    c.set_defaults(func=cmd_config)
+
+    s = sub.add_parser("status", help="steps of a pipeline run (the latest by default)")
+    s.add_argument("run", nargs="?", help="run folder name (or a prefix) under $TPIPE_HOME/runs")
+    s.set_defaults(func=cmd_status)
+
+    e = sub.add_parser("evaluate", help="score a registered model (BLEU, chrF, TER, exact match)")
+    e.add_argument("model_uri", help="e.g. models:/tpipe-demo@champion")
+    e.add_argument("--data", help="TSV file: source<TAB>reference per line")
+    e.add_argument("--tgt-lang", default="zh", help="target language, picks sacreBLEU's tokenizer (default zh)")
+    e.set_defaults(func=cmd_evaluate)
+
+    t = sub.add_parser("translate", help="translate sentences with a registered model")
+    t.add_argument("model_uri", help="e.g. models:/tpipe-demo@champion")
+    t.add_argument("text", nargs="*", help="sentences (default: lines of stdin)")
+    t.set_defaults(func=cmd_translate)
+
+    u = sub.add_parser("ui", help="open the MLflow UI for the configured store on 127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
+
+    try:
+        from data.tokenizer.cli import register as register_tokenizer
+    except ImportError:
+        register_tokenizer = None
+    if register_tokenizer is not None:
+        register_tokenizer(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"tpipe: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The LightningModule around model.Transformer: loss, optimiser, schedule and metrics.
+
+The model stays plain PyTorch (model/); everything Lightning-specific lives here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+from model.transformer import Transformer
+from pipeline.config import TrainConfig
+
+
+def lr_lambda(schedule: str, warmup_steps: int, max_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr at optimizer step `s`: linear warmup, then the chosen decay.
+
+    inverse_sqrt is the paper's schedule rescaled so the peak is exactly `lr` at the end of warmup.
+    """
+    warmup = max(warmup_steps, 1)
+
+    def f(step: int) -> float:
+        s = step + 1
+        if s <= warmup:
+            return s / warmup
+        if schedule == "inverse_sqrt":
+            return math.sqrt(warmup / s)
+        if schedule == "cosine":
+            progress = min((s - warmup) / max(max_steps - warmup, 1), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return f
+
+
+class Seq2SeqModule(L.LightningModule):
+    """Trains a Transformer on batches {"src": (B, S), "tgt": (B, T)}, tgt = [bos] ids [eos]."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        decode_fn: Callable[[list[int]], str] | None = None,
+        bleu_sample: list[tuple[list[int], str]] | None = None,
+        tgt_lang: str = "en",
+    ):
+        super().__init__()
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        self.model = Transformer(model_cfg)
+        # For validation BLEU: a fixed sample of (source ids, reference text) decoded greedily.
+        self.decode_fn, self.bleu_sample, self.tgt_lang = decode_fn, bleu_sample or [], tgt_lang
+        self._t_last: float | None = None
+        self._tokens_since = 0
+        self._val: dict[str, float] = {}
+
+    # ---- loss -----------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, torch.Tensor], smoothing: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        src, tgt = batch["src"], batch["tgt"]
+        tgt_in, labels = tgt[:, :-1], tgt[:, 1:]  # teacher forcing: predict token t+1 from tokens <= t
+        logits = self.model(src, tgt_in)  # (B, T-1, V)
+        pad = self.model_cfg.pad_id
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(),  # (B*(T-1), V)
+            labels.reshape(-1),
+            ignore_index=pad,
+            label_smoothing=smoothing,
+        )
+        mask = labels != pad
+        n_tokens = mask.sum()
+        correct = ((logits.argmax(-1) == labels) & mask).sum()
+        nll = loss if smoothing == 0.0 else None
+        return loss, {"n_tokens": n_tokens, "correct": correct, "nll": nll}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, stats = self._loss(batch, self.train_cfg.label_smoothing)
+        n = stats["n_tokens"].item()
+        self._tokens_since += int(batch["src"].numel() + batch["tgt"].numel())
+        bs = batch["src"].size(0)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/accuracy", stats["correct"].float() / max(n, 1), batch_size=bs)
+        if self.global_step % self.train_cfg.log_every_steps == 0:
+            now = time.perf_counter()
+            if self._t_last is not None:
+                # tokens per second on this worker (padded source + target tokens), times world size
+                rate = self._tokens_since / max(now - self._t_last, 1e-9) * self.trainer.world_size
+                self.log("train/tokens_per_s", rate, batch_size=bs)
+            self._t_last, self._tokens_since = now, 0
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.global_step % self.train_cfg.log_every_steps == 0:
+            norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
+            if norms:
+                self.log("train/grad_norm", torch.stack(norms).norm(2))
+
+    # ---- validation -----------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"nll_sum": 0.0, "tokens": 0.0, "correct": 0.0}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, stats = self._loss(batch, 0.0)
+        n = stats["n_tokens"].item()
+        self._val["nll_sum"] += loss.item() * n
+        self._val["tokens"] += n
+        self._val["correct"] += stats["correct"].item()
+
+    def on_validation_epoch_end(self) -> None:
+        # Sum over DDP ranks so every rank logs the same corpus-level numbers.
+        t = torch.tensor([self._val["nll_sum"], self._val["tokens"], self._val["correct"]], dtype=torch.float64)
+        if self.trainer.world_size > 1:
+            t = self.trainer.strategy.reduce(t, reduce_op="sum")
+        nll_sum, tokens, correct = t.tolist()
+        if tokens == 0:
+            return
+        val_loss = nll_sum / tokens
+        self.log("val/loss", val_loss, sync_dist=False)
+        self.log("val_loss", val_loss, sync_dist=False)  # flat name for checkpoint scoring
+        self.log("val/perplexity", math.exp(min(val_loss, 50.0)))
+        self.log("val/accuracy", correct / tokens)
+        if self.bleu_sample and self.decode_fn is not None:
+            self.log("val/bleu", self._sample_bleu())
+
+    @torch.no_grad()
+    def _sample_bleu(self) -> float:
+        from model.generation import generate
+        from pipeline.evaluate import score
+
+        was_training = self.model.training
+        self.model.eval()
+        pad = self.model_cfg.pad_id
+        srcs = [ids for ids, _ in self.bleu_sample]
+        width = max(len(s) for s in srcs)
+        src = torch.full((len(srcs), width), pad, dtype=torch.long, device=self.device)
+        for i, s in enumerate(srcs):
+            src[i, : len(s)] = torch.tensor(s, device=self.device)
+        hyps = generate(self.model, src, max_len=self.model_cfg.max_seq_len - 2, beam_size=1)
+        self.model.train(was_training)
+        texts = [self.decode_fn(h) for h in hyps]
+        return float(score(texts, [r for _, r in self.bleu_sample], self.tgt_lang)["bleu"])
+
+    # ---- optimisation ---------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            # Norm gains, biases and embeddings are not decayed (as in most Transformer recipes).
+            (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.train_cfg.lr,
+            betas=(0.9, 0.98),
+            eps=1e-9,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(self.train_cfg.schedule, self.train_cfg.warmup_steps, self.train_cfg.max_steps)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,42 @@
+"""MLflow "model from code": the registered model's pyfunc, with no pickled Python objects.
+
+`mlflow.pyfunc.log_model(python_model=<this file>, artifacts={"package": DIR})` stores this source
+file plus the model package (safetensors weights, JSON config, tokenizer files). Loading runs this
+file and `load_context`, so a fresh process needs only tpipe's code (shipped as code_paths), never
+a pickle.
+"""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class TranslationModel(PythonModel):
+    """predict(list of sentences | DataFrame with a `text` column) -> list of translations."""
+
+    def load_context(self, context) -> None:
+        from pipeline.translate import Translator
+
+        self.translator = Translator(context.artifacts["package"])
+
+    def predict(self, context, model_input, params=None):
+        overrides = dict(params or {})
+        if overrides:
+            self.translator.generation.update({k: v for k, v in overrides.items() if v is not None})
+        return self.translator.translate(_sentences(model_input))
+
+
+def _sentences(model_input) -> list[str]:
+    """Accept a list/tuple of str, a pandas Series, or a DataFrame (`text` column, else the first)."""
+    if isinstance(model_input, str):
+        return [model_input]
+    if hasattr(model_input, "columns"):  # pandas DataFrame
+        col = "text" if "text" in model_input.columns else model_input.columns[0]
+        return [str(x) for x in model_input[col].tolist()]
+    if hasattr(model_input, "tolist"):  # Series / ndarray
+        return [str(x) for x in model_input.tolist()]
+    return [str(x) for x in model_input]
+
+
+mlflow.models.set_model(TranslationModel())

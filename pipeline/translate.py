@@ -1,0 +1,103 @@
+"""A trained model package on disk, and the translator that uses it.
+
+A model package is a folder with:
+    model.safetensors      the Transformer's weights (tied weights saved once)
+    model_config.json      ModelConfig as JSON
+    generation.json        decoding settings (beam_size, length_penalty, max_len, batch_size)
+    tokenizer/             the tokenizer (data.tokenizer format)
+    lineage.json, README.md  where it came from (model card)
+It is what the registry stores, what `mlflow.pyfunc.load_model` loads and what `tpipe translate` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "model_config.json"
+GENERATION = "generation.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write: temp name, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model_package(out_dir: Path, model, model_cfg, generation: dict[str, Any], tokenizer_dir: Path) -> Path:
+    """Write weights (safetensors), config, decoding settings and tokenizer into `out_dir`."""
+    import shutil
+
+    from safetensors.torch import save_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{WEIGHTS}.tmp"
+    save_model(model, str(tmp))
+    os.replace(tmp, out_dir / WEIGHTS)
+    write_json(out_dir / MODEL_CONFIG, asdict(model_cfg))
+    write_json(out_dir / GENERATION, generation)
+    if (out_dir / TOKENIZER_DIR).exists():
+        shutil.rmtree(out_dir / TOKENIZER_DIR)
+    shutil.copytree(tokenizer_dir, out_dir / TOKENIZER_DIR)
+    return out_dir
+
+
+class Translator:
+    """Loads a model package and translates batches of sentences."""
+
+    def __init__(self, package_dir: str | os.PathLike, device: str = "cpu", **generation_overrides: Any):
+        import torch
+        from safetensors.torch import load_model
+
+        from data.tokenizer import load_tokenizer
+        from model.config import ModelConfig
+        from model.transformer import Transformer
+
+        package = Path(package_dir)
+        for name in (WEIGHTS, MODEL_CONFIG, GENERATION, TOKENIZER_DIR):
+            if not (package / name).exists():
+                raise FileNotFoundError(f"model package {package} has no {name}")
+        self.model_cfg = ModelConfig(**json.loads((package / MODEL_CONFIG).read_text(encoding="utf-8")))
+        self.generation = json.loads((package / GENERATION).read_text(encoding="utf-8"))
+        self.generation.update({k: v for k, v in generation_overrides.items() if v is not None})
+        self.tokenizer = load_tokenizer(package / TOKENIZER_DIR)
+        self.model = Transformer(self.model_cfg)
+        load_model(self.model, str(package / WEIGHTS), device=device)
+        self.model.to(device).eval()
+        self.device = device
+        self._torch = torch
+
+    def translate(self, sentences: list[str]) -> list[str]:
+        """Translate in batches of `generation.batch_size`, sorted by length to waste less padding."""
+        from model.generation import generate
+
+        torch = self._torch
+        eos, pad = self.model_cfg.eos_id, self.model_cfg.pad_id
+        max_src = self.model_cfg.max_seq_len - 1
+        ids = [x[:max_src] + [eos] for x in self.tokenizer.encode_batch([str(s) for s in sentences])]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[str] = [""] * len(ids)
+        bs = int(self.generation.get("batch_size", 64))
+        with torch.inference_mode():
+            for start in range(0, len(order), bs):
+                idx = order[start : start + bs]
+                width = max(len(ids[i]) for i in idx)
+                src = torch.full((len(idx), width), pad, dtype=torch.long)
+                for row, i in enumerate(idx):
+                    src[row, : len(ids[i])] = torch.tensor(ids[i])
+                hyps = generate(
+                    self.model,
+                    src.to(self.device),
+                    max_len=int(self.generation.get("max_len", 64)),
+                    beam_size=int(self.generation.get("beam_size", 1)),
+                    length_penalty=float(self.generation.get("length_penalty", 1.0)),
+                )
+                for i, h in zip(idx, hyps):
+                    out[i] = self.tokenizer.decode(h)
+        return out

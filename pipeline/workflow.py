@@ -1,0 +1,177 @@
+"""A small durable workflow on plain Ray: steps with fingerprinted, atomically written outputs.
+
+Ray Workflows was removed after Ray 2.47, so durability is ours:
+
+* Each step declares the config sections it reads and the steps it consumes. Its output folder is
+  `<artifacts>/<step>/<key>`, where `key` hashes those config sections, the inputs' keys and the
+  code version. The same config on the same code maps to the same folders.
+* A step writes into a temporary folder and renames it into place only when it has finished, with
+  a `_COMPLETE.json` marker inside. A folder with the marker is done; anything else is not.
+* Re-running skips every step whose output exists and verifies, so a run killed at any point
+  continues where it stopped (long steps, i.e. training, also resume from their own checkpoints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig
+
+MARKER = "_COMPLETE.json"
+_CODE_PACKAGES = ("data", "model", "pipeline")
+
+
+def code_version() -> str:
+    """Hash of tpipe's own source files: a change of code invalidates cached step outputs."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for pkg in _CODE_PACKAGES:
+        for p in sorted((root / pkg).rglob("*.py")):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+@dataclass
+class StepContext:
+    """What a running step sees: its config, its inputs' outputs, and where to write."""
+
+    cfg: PipelineConfig
+    out_dir: Path  # temporary folder; renamed to the final place when the step returns
+    final_dir: Path  # where the output will live (for paths recorded inside the output)
+    inputs: dict[str, "StepResult"]
+    state_dir: Path  # survives an interrupted attempt: e.g. the training run's MLflow id
+    run: "PipelineRun"
+
+    def input_dir(self, step: str) -> Path:
+        return self.inputs[step].out_dir
+
+
+@dataclass
+class Step:
+    """A pipeline step. `fn(ctx) -> summary` writes its output into `ctx.out_dir`."""
+
+    name: str
+    fn: Callable[[StepContext], dict[str, Any]]
+    config_keys: tuple[str, ...]  # dotted config paths whose values the output depends on
+    inputs: tuple[str, ...] = ()
+    verify: Callable[[Path, dict[str, Any]], bool] | None = None  # extra check of a cached output
+    description: str = ""
+
+
+@dataclass
+class StepResult:
+    name: str
+    key: str
+    out_dir: Path
+    summary: dict[str, Any]
+    cached: bool
+    seconds: float
+
+
+@dataclass
+class PipelineRun:
+    """One pipeline run: an ordered list of steps and where their outputs go."""
+
+    cfg: PipelineConfig
+    steps: list[Step]
+    artifacts: Path
+    run_dir: Path
+    on_event: Callable[[str, Step, dict[str, Any]], None] = lambda event, step, info: None
+    results: dict[str, StepResult] = field(default_factory=dict)
+    version: str = field(default_factory=code_version)
+
+    def step_key(self, step: Step) -> str:
+        d = self.cfg.to_dict()
+        picked = {k: _get_path(d, k) for k in step.config_keys}
+        blob = json.dumps(
+            {"config": picked, "inputs": {i: self.results[i].key for i in step.inputs}, "code": self.version},
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def run(self, from_step: str | None = None, until_step: str | None = None) -> dict[str, StepResult]:
+        names = [s.name for s in self.steps]
+        for n in (from_step, until_step):
+            if n is not None and n not in names:
+                raise ValueError(f"unknown step '{n}'; steps are: {', '.join(names)}")
+        start = names.index(from_step) if from_step else 0
+        stop = names.index(until_step) if until_step else len(names) - 1
+        for i, step in enumerate(self.steps[: stop + 1]):
+            force = i >= start and from_step is not None
+            self.results[step.name] = self._run_step(step, force=force and i == start)
+        return self.results
+
+    def _run_step(self, step: Step, force: bool) -> StepResult:
+        key = self.step_key(step)
+        final = self.artifacts / step.name / key
+        marker = final / MARKER
+        if marker.exists() and not force:
+            summary = json.loads(marker.read_text(encoding="utf-8"))["summary"]
+            if step.verify is None or step.verify(final, summary):
+                result = StepResult(step.name, key, final, summary, cached=True, seconds=0.0)
+                self._record(result, "cached")
+                self.on_event("cached", step, {"key": key, "out_dir": str(final), "summary": summary})
+                return result
+        if final.exists():  # unverified or forced: move the old output aside, never half-delete it
+            shutil.rmtree(final.with_name(f".{key}.old"), ignore_errors=True)
+            os.replace(final, final.with_name(f".{key}.old"))
+        tmp = final.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        state_dir = final.with_name(f".{key}.state")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._record_state(step.name, {"state": "running", "key": key, "started": time.time()})
+        self.on_event("start", step, {"key": key})
+        t0 = time.perf_counter()
+        ctx = StepContext(self.cfg, tmp, final, dict(self.results), state_dir, self)
+        try:
+            summary = step.fn(ctx)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._record_state(step.name, {"state": "failed", "key": key})
+            raise
+        seconds = time.perf_counter() - t0
+        (tmp / MARKER).write_text(
+            json.dumps({"step": step.name, "key": key, "seconds": seconds, "summary": summary}, indent=2),
+            encoding="utf-8",
+        )
+        os.replace(tmp, final)  # atomic: the output appears complete or not at all
+        shutil.rmtree(final.with_name(f".{key}.old"), ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        result = StepResult(step.name, key, final, summary, cached=False, seconds=seconds)
+        self._record(result, "done")
+        self.on_event("done", step, {"key": key, "seconds": seconds, "summary": summary})
+        return result
+
+    # ---- run record, for `tpipe status` ------------------------------------------------------
+    def _record(self, r: StepResult, state: str) -> None:
+        self._record_state(
+            r.name,
+            {"state": state, "key": r.key, "seconds": round(r.seconds, 2), "out_dir": str(r.out_dir), "finished": time.time()},
+        )
+
+    def _record_state(self, name: str, entry: dict[str, Any]) -> None:
+        path = self.run_dir / "state.json"
+        state = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"steps": {}}
+        state["steps"][name] = entry
+        state["updated"] = time.time()
+        tmp = path.with_name(f".state.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _get_path(d: dict[str, Any], dotted: str) -> Any:
+    node: Any = d
+    for part in dotted.split("."):
+        node = node[part]
+    return node

@@ -1,0 +1,110 @@
+"""Typed configuration: every kind of mistake is refused with one line naming the key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, PipelineConfig, config_from_dict, load_config
+
+
+def test_default_and_presets_load():
+    cfg = load_config()
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.model.d_model == 128 and cfg.model.n_encoder_layers == 2  # model: tiny
+    base = load_config(None, ["model=base"])
+    assert (base.model.d_model, base.model.n_heads, base.model.n_encoder_layers) == (512, 8, 6)
+    big = load_config(None, ["model.preset=big"])
+    assert big.model.d_model == 1024
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config("smoke", ["train.lr=0.01", "model.d_model=64", "data.paths=[a.tsv, b.tsv]", "data.source=files"])
+    assert cfg.train.lr == 0.01 and isinstance(cfg.train.lr, float)
+    assert cfg.model.d_model == 64
+    assert cfg.data.paths == ["a.tsv", "b.tsv"]
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("smoke")
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert cfg.fingerprint() == config_from_dict(cfg.to_dict()).fingerprint()
+    assert cfg.fingerprint("data") != cfg.fingerprint("train")
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("foo=1", "unknown key 'foo'; allowed: seed, run_name, data"),
+        ("train.lrr=1", "unknown key 'train.lrr'; allowed: num_workers"),
+        ("model.dmodel=8", "unknown key 'model.dmodel'"),
+        ("train.lr=abc", "train.lr: expected float, got 'abc'"),
+        ("train.max_steps=1.5", "train.max_steps: expected int, got 1.5"),
+        ("train.use_gpu=maybe", "train.use_gpu: expected bool, got 'maybe'"),
+        ("train.max_steps=true", "train.max_steps: expected int, got True"),
+        ("data.paths=notalist", "data.paths: expected a list of str"),
+        ("tokenizer.special_tokens=[1, 2, 3]", "tokenizer.special_tokens[0]: expected str"),
+        ("train.max_steps=0", "train.max_steps: 0 is below the minimum 1"),
+        ("train.label_smoothing=0.9", "train.label_smoothing: 0.9 is above the maximum 0.5"),
+        ("model.norm=batchnorm", "model.norm: 'batchnorm' is not allowed; allowed: layernorm, rmsnorm"),
+        ("tokenizer.kind=wordpiece", "tokenizer.kind: 'wordpiece' is not allowed; allowed: byte_bpe, char_bpe, sentencepiece"),
+        ("model.n_heads=3", "model.d_model=128 is not divisible by model.n_heads=3"),
+        ("data.source=files", "data.paths is empty but data.source=files"),
+        ("model.preset=huge", "model.preset: unknown preset 'huge'; allowed: base, big, tiny"),
+        ("train=5", "train: expected a mapping of TrainConfig fields"),
+        ("train.lr.x=1", "'train.lr' is a value, not a section"),
+    ],
+)
+def test_refused_with_key_path(override, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert expected in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_override_and_unknown_config(tmp_path):
+    with pytest.raises(ConfigError, match="not of the form key.sub=value"):
+        load_config(None, ["train.lr"])
+    with pytest.raises(ConfigError, match="unknown config 'nope'; give a .yaml path or one of: .*default"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\ntrain:\n  lr: [1, 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{bad}.* line \d+: not valid YAML"):
+        load_config(str(bad))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(str(tmp_path / "list.yaml"))
+
+
+def test_cli_refuses_bad_value_fast_and_before_ray(tmp_path):
+    """`tpipe run` with a bad value exits 2 in under 2 s, names the key, starts no Ray, writes nothing."""
+    env = {"PATH": "/usr/bin:/bin", "TPIPE_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "model.norm=batchnorm"],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=30,
+    )
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 2
+    assert "model.norm" in proc.stderr and "allowed: layernorm, rmsnorm" in proc.stderr
+    assert elapsed < 2.0, f"config error took {elapsed:.2f}s"
+    assert not (tmp_path / "home").exists()  # nothing started, nothing written
+
+
+def test_config_loads_without_torch_or_ray():
+    code = (
+        "import sys; from pipeline.config import load_config; load_config('default');"
+        "import pipeline.cli; pipeline.cli.build_parser();"
+        "bad = [m for m in ('torch', 'ray', 'mlflow', 'lightning') if m in sys.modules]; print(bad); assert not bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
