@@ -31,6 +31,22 @@ class TokenizerConfig:
     sp_model_type: str = field(
         default="bpe", metadata={"choices": ["bpe", "unigram"], "help": "sentencepiece model type"}
     )
+    max_pretoken_chars: int = field(
+        default=256,
+        metadata={
+            "min": 0,
+            "help": "pre-tokens longer than this are cut into pieces of this many characters, in training and "
+            "encoding alike, so a 10 MB line without spaces stays linear (0: never cut; GPT-2's own files use 0)",
+        },
+    )
+    sp_sample_lines: int = field(
+        default=2_000_000,
+        metadata={"min": 1, "help": "sentencepiece trains on at most this many lines, a hash-chosen sample"},
+    )
+    sp_character_coverage: float = field(
+        default=0.9995,
+        metadata={"min": 0.5, "max": 1.0, "help": "sentencepiece: share of characters kept; the rest fall back to bytes"},
+    )
 
     def __post_init__(self) -> None:
         if len(self.special_tokens) < 3:
@@ -40,3 +56,5 @@ class TokenizerConfig:
             )
         if len(set(self.special_tokens)) != len(self.special_tokens):
             raise ValueError(f"tokenizer.special_tokens has duplicates: {self.special_tokens}")
+        if any(not t for t in self.special_tokens):
+            raise ValueError(f"tokenizer.special_tokens has an empty string: {self.special_tokens}")

@@ -1,0 +1,20 @@
+"""Tokenizers: byte-level BPE (GPT-2 compatible, the default), classic char BPE with </w>, and sentencepiece.
+
+    from data.tokenizer import train_tokenizer, load_tokenizer, Tokenizer
+    tok = train_tokenizer(cfg, ["train.parquet"]);  tok.save("tok/");  load_tokenizer("tok/")
+"""
+
+from data.tokenizer.config import TokenizerConfig
+from data.tokenizer.files import TokenizerFileError
+from data.tokenizer.tokenizer import BPETokenizer, Tokenizer
+from data.tokenizer.train import TrainingError, load_tokenizer, train_tokenizer
+
+__all__ = [
+    "BPETokenizer",
+    "Tokenizer",
+    "TokenizerConfig",
+    "TokenizerFileError",
+    "TrainingError",
+    "load_tokenizer",
+    "train_tokenizer",
+]

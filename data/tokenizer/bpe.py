@@ -1,0 +1,226 @@
+"""The two halves of BPE on integer symbols: learning merges from word counts, and applying them.
+
+Learning (Sennrich et al. 2016, run the way Hugging Face `tokenizers` runs it):
+
+    words {(a, b, c): 5, (a, b): 2}  ->  pair counts {(a, b): 7, (b, c): 5}  ->  merge (a, b) into X
+    words {(X, c): 5, (X,): 2}       ->  pair counts {(X, c): 5}             ->  merge (X, c) ...
+
+The loop is incremental: a merge visits only the words that contain the pair (the pair -> words index),
+adjusts the counts of the neighbouring pairs, and pushes the pairs it created onto a heap. Heap entries
+are not updated in place; an entry whose count no longer matches the table is stale and is re-pushed
+with the true count when it surfaces. Equal counts go to the smallest (left id, right id), which is
+Hugging Face's tie-break.
+
+Applying: inside one pre-token, repeatedly merge the adjacent pair with the lowest rank (all its
+occurrences, left to right) until no pair has a rank. This equals applying the merge list in order.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+
+def count_pairs(ids: Iterable[int]) -> dict[tuple[int, int], int]:
+    """[1, 2, 3, 1, 2] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}"""
+    ids = list(ids)
+    counts: dict[tuple[int, int], int] = {}
+    for p in zip(ids, ids[1:]):
+        counts[p] = counts.get(p, 0) + 1
+    return counts
+
+
+def learn_merges(
+    words: list[list[int]],
+    counts: list[int],
+    tokens: list,
+    vocab_size: int,
+    min_frequency: int,
+    progress: Callable[[int, tuple[int, int], int], None] | None = None,
+) -> list[tuple[int, int]]:
+    """Merge until `tokens` (id -> bytes or str) has `vocab_size` entries; `words` and `tokens` grow in place.
+
+    words [[1, 2, 3], [1, 2]], counts [5, 2], tokens [.., b'a', b'b', b'c'] -> merges [(1, 2), (4, 3)],
+    tokens gains b'ab' (id 4) and b'abc' (id 5).
+
+    A merge whose result is already a token (b'a' + b'bc' after b'ab' + b'c') reuses that token's id and
+    adds no entry, as Hugging Face's trainer does, so there can be more merges than new tokens.
+    Stops early when no pair is seen `min_frequency` times (the caller reports how many it found).
+    """
+    token_id = {t: i for i, t in enumerate(tokens)}
+    if len(tokens) >= vocab_size:
+        return []
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    # pair -> indices of words that contain it (possibly stale: a word may have lost the pair since;
+    # visiting it then finds nothing, which is cheaper than removing entries on every merge).
+    where: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, w in enumerate(words):
+        c = counts[i]
+        if len(w) < 2:
+            continue
+        for p in zip(w, w[1:]):
+            pair_counts[p] += c
+            where[p].append(i)
+
+    # (-count, pair): the most frequent first, then the smallest (left id, right id).
+    heap = [(-c, p) for p, c in pair_counts.items() if c > 0]
+    heapq.heapify(heap)
+    merges: list[tuple[int, int]] = []
+    while len(tokens) < vocab_size and heap:
+        neg, top = heap[0]
+        true_count = pair_counts.get(top, 0)
+        if -neg != true_count:  # stale: the pair lost occurrences since this entry was pushed
+            if true_count > 0:
+                heapq.heapreplace(heap, (-true_count, top))
+            else:
+                heapq.heappop(heap)
+            continue
+        if true_count < min_frequency:
+            break
+        heapq.heappop(heap)
+        a, b = top
+        merged = tokens[a] + tokens[b]
+        new = token_id.get(merged)
+        if new is None:
+            new = token_id[merged] = len(tokens)
+            tokens.append(merged)
+        merges.append(top)
+        del pair_counts[top]
+        created: set[tuple[int, int]] = set()
+        for i in set(where.pop(top, ())):
+            w = words[i]
+            n = len(w)
+            # Fast exit for a stale index: the word no longer holds `a` followed by `b`.
+            try:
+                j = w.index(a)
+            except ValueError:
+                continue
+            c = counts[i]
+            out = w[:j]
+            while j < n:
+                x = w[j]
+                if x == a and j + 1 < n and w[j + 1] == b:
+                    if out:
+                        prev = out[-1]
+                        q = (prev, a)
+                        if q != top:
+                            pair_counts[q] -= c
+                        q = (prev, new)
+                        pair_counts[q] += c
+                        where[q].append(i)
+                        created.add(q)
+                    if j + 2 < n:
+                        nxt = w[j + 2]
+                        q = (b, nxt)
+                        if q != top:
+                            pair_counts[q] -= c
+                        q = (new, nxt)
+                        pair_counts[q] += c
+                        where[q].append(i)
+                        created.add(q)
+                    out.append(new)
+                    j += 2
+                else:
+                    out.append(x)
+                    j += 1
+            words[i] = out
+        for q in created:
+            c = pair_counts[q]
+            if c > 0:
+                heapq.heappush(heap, (-c, q))
+        if progress is not None:
+            progress(len(merges), top, true_count)
+    return merges
+
+
+def apply_merges(ids: list[int], ranks: dict[tuple[int, int], int], results: dict[tuple[int, int], int]) -> list[int]:
+    """Merge inside one pre-token. ranks {(1, 2): 0, (9, 3): 1}, results {(1, 2): 9, (9, 3): 10}:
+
+    [1, 2, 3, 1, 2] -> [1, 2] is rank 0 -> [9, 3, 9] -> (9, 3) is rank 1 -> [10, 9]
+    """
+    if len(ids) > 48:
+        return _apply_merges_heap(ids, ranks, results)
+    get = ranks.get
+    inf = 1 << 62
+    while len(ids) >= 2:
+        pair = min(zip(ids, ids[1:]), key=lambda p: get(p, inf))
+        if pair not in ranks:
+            break
+        a, b = pair
+        new = results[pair]
+        out = []
+        j = 0
+        n = len(ids)
+        while j < n:
+            if j + 1 < n and ids[j] == a and ids[j + 1] == b:
+                out.append(new)
+                j += 2
+            else:
+                out.append(ids[j])
+                j += 1
+        ids = out
+    return ids
+
+
+def _apply_merges_heap(ids: list[int], ranks: dict[tuple[int, int], int], results: dict[tuple[int, int], int]) -> list[int]:
+    """apply_merges for long pre-tokens in O(n log n): a linked list of symbols and a heap of (rank, position).
+
+    Ties in rank go to the leftmost position, which is what merging all occurrences left to right does.
+    """
+    n = len(ids)
+    sym = list(ids)
+    nxt = list(range(1, n + 1))  # n means "none"
+    prv = list(range(-1, n - 1))
+    alive = [True] * n
+    heap = []
+    for i in range(n - 1):
+        r = ranks.get((sym[i], sym[i + 1]))
+        if r is not None:
+            heap.append((r, i, sym[i], sym[i + 1]))
+    heapq.heapify(heap)
+    while heap:
+        r, i, a, b = heapq.heappop(heap)
+        j = nxt[i] if alive[i] else n
+        if j >= n or sym[i] != a or sym[j] != b:
+            continue  # stale: one side was merged away since this entry was pushed
+        sym[i] = results[(a, b)]
+        alive[j] = False
+        nxt[i] = nxt[j]
+        if nxt[i] < n:
+            prv[nxt[i]] = i
+        p = prv[i]
+        if p >= 0:
+            rr = ranks.get((sym[p], sym[i]))
+            if rr is not None:
+                heapq.heappush(heap, (rr, p, sym[p], sym[i]))
+        k = nxt[i]
+        if k < n:
+            rr = ranks.get((sym[i], sym[k]))
+            if rr is not None:
+                heapq.heappush(heap, (rr, i, sym[i], sym[k]))
+    return [sym[i] for i in range(n) if alive[i]]
+
+
+def trace_merges(
+    ids: list[int], ranks: dict[tuple[int, int], int], results: dict[tuple[int, int], int]
+) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+    """apply_merges that also returns each step as (rank, left, right, new), for `tokenizer explain`."""
+    steps = []
+    while len(ids) >= 2:
+        pairs = [p for p in zip(ids, ids[1:]) if p in ranks]
+        if not pairs:
+            break
+        pair = min(pairs, key=ranks.__getitem__)
+        new = results[pair]
+        steps.append((ranks[pair], pair[0], pair[1], new))
+        out, j, n = [], 0, len(ids)
+        while j < n:
+            if j + 1 < n and (ids[j], ids[j + 1]) == pair:
+                out.append(new)
+                j += 2
+            else:
+                out.append(ids[j])
+                j += 1
+        ids = out
+    return ids, steps

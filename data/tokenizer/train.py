@@ -1,0 +1,179 @@
+"""train_tokenizer and load_tokenizer: the two entry points the pipeline calls.
+
+    tok = train_tokenizer(TokenizerConfig(vocab_size=8000), ["shard-0.parquet", "shard-1.parquet"])
+    tok.save("tok/");  load_tokenizer("tok/").fingerprint == tok.fingerprint
+
+Training: count pre-tokens (Ray tasks when Ray is initialised, summed in a tree), then learn merges in
+this process with the incremental loop of `bpe.learn_merges`. The merges depend only on the summed
+counts, so the number of tasks never changes the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from data.tokenizer.bpe import learn_merges
+from data.tokenizer.config import TokenizerConfig
+from data.tokenizer.counting import Reader, count_pretokens
+from data.tokenizer.files import TokenizerFileError, read_json
+from data.tokenizer.pretokenize import byte_order, pattern_text
+from data.tokenizer.tokenizer import (
+    END_OF_WORD,
+    FORMAT_VERSION,
+    META_FILE,
+    BPETokenizer,
+    Tokenizer,
+    byte_bpe_from_merges,
+    derive_tokens,
+    load_bpe,
+)
+
+log = logging.getLogger("tpipe.tokenizer")
+
+
+class TrainingError(ValueError):
+    """The corpus cannot give the tokenizer asked for (empty, or nothing to learn from)."""
+
+
+def train_tokenizer(
+    cfg: TokenizerConfig,
+    inputs: list[str],
+    *,
+    text_columns: tuple[str, ...] = ("src", "tgt"),
+    split: str | None = "train",
+) -> Tokenizer:
+    """Train the tokenizer `cfg.kind` on `inputs` (Parquet files or one-text-per-line files)."""
+    reader = Reader(tuple(text_columns), split)
+    inputs = [str(p) for p in inputs]
+    if cfg.kind == "sentencepiece":
+        from data.tokenizer.sp import train_sentencepiece
+
+        return train_sentencepiece(cfg, inputs, reader)
+    if cfg.kind not in ("byte_bpe", "char_bpe"):
+        raise ValueError(f"tokenizer.kind: unknown kind {cfg.kind!r}; allowed: byte_bpe, char_bpe, sentencepiece")
+    byte = cfg.kind == "byte_bpe"
+    pattern_name = cfg.pattern if byte else "whitespace"
+    specials = list(cfg.special_tokens)
+    S = len(specials)
+    if byte and cfg.vocab_size < S + 256:
+        raise ValueError(
+            f"tokenizer.vocab_size {cfg.vocab_size} is smaller than {S} special tokens + 256 bytes = {S + 256}"
+        )
+    if not byte and S < 4:
+        raise ValueError("tokenizer.kind char_bpe needs an unknown token: tokenizer.special_tokens[3] (e.g. '<unk>')")
+
+    t0 = time.perf_counter()
+    counts, stats, n_tasks = count_pretokens(
+        inputs, pattern_text(pattern_name), tuple(specials), cfg.max_pretoken_chars, reader, cfg.num_workers
+    )
+    t_count = time.perf_counter() - t0
+    if not counts:
+        raise TrainingError(
+            f"tokenizer training inputs hold no text ({stats.texts} texts, {stats.bytes} bytes in "
+            f"{', '.join(inputs)}); nothing to learn from"
+        )
+    if stats.invalid_utf8_lines:
+        log.warning(
+            "%d lines of the tokenizer inputs are not valid UTF-8; their bytes were counted as raw bytes",
+            stats.invalid_utf8_lines,
+        )
+    if stats.long_pretokens_cut:
+        log.info("%d pre-tokens longer than %d characters were cut", stats.long_pretokens_cut, cfg.max_pretoken_chars)
+
+    # A fixed word order (sorted by bytes) keeps the whole run reproducible, though merges would not change.
+    keys = sorted(counts)
+    word_counts = [counts[k] for k in keys]
+    del counts
+    if byte:
+        # Specials stay str so that no merged bytes can ever collide with them.
+        base: list = list(specials) + [bytes([b]) for b in byte_order()]
+        byte_id = {b: S + k for k, b in enumerate(byte_order())}
+        words = [[byte_id[x] for x in k] for k in keys]
+    else:
+        # Symbols are characters; the last one of a word carries </w> (Sennrich et al.'s "low</w>").
+        texts = [k.decode("utf-8", "surrogateescape") for k in keys]
+        alphabet = sorted({c for t in texts for c in t[:-1]} | {t[-1] + END_OF_WORD for t in texts})
+        if S + len(alphabet) > cfg.vocab_size:
+            raise ValueError(
+                f"tokenizer.vocab_size {cfg.vocab_size} is smaller than {S} special tokens + the corpus's "
+                f"{len(alphabet)} characters (with and without </w>); raise it or use kind byte_bpe"
+            )
+        base = list(specials) + alphabet
+        sym_id = {s: i for i, s in enumerate(base)}
+        words = [[sym_id[c] for c in t[:-1]] + [sym_id[t[-1] + END_OF_WORD]] for t in texts]
+    del keys
+    tokens = list(base)
+    t1 = time.perf_counter()
+    merges_ids = learn_merges(words, word_counts, tokens, cfg.vocab_size, cfg.min_frequency)
+    t_merge = time.perf_counter() - t1
+    del words
+    if len(tokens) < cfg.vocab_size:
+        log.warning(
+            "tokenizer training stopped early: found %d merges (vocabulary %d of the %d asked for); no pair is "
+            "seen min_frequency=%d times any more. The corpus is too small for this vocabulary.",
+            len(merges_ids), len(tokens), cfg.vocab_size, cfg.min_frequency,
+        )
+    train_stats = {
+        "texts": stats.texts,
+        "bytes": stats.bytes,
+        "invalid_utf8_lines": stats.invalid_utf8_lines,
+        "long_pretokens_cut": stats.long_pretokens_cut,
+        "unique_pretokens": len(word_counts),
+        "count_tasks": n_tasks,
+        "merges_found": len(merges_ids),
+        "vocab_size_asked": cfg.vocab_size,
+        "stopped_early": len(tokens) < cfg.vocab_size,
+        "count_seconds": round(t_count, 3),
+        "merge_seconds": round(t_merge, 3),
+        "files": stats.files,
+    }
+    log.info("tokenizer trained: %s", train_stats)
+    if byte:
+        return byte_bpe_from_merges(merges_ids, tokens, specials, pattern_name, cfg.max_pretoken_chars, train_stats)
+    merges = [(tokens[a], tokens[b]) for a, b in merges_ids]
+    return BPETokenizer(
+        "char_bpe",
+        derive_tokens(base, merges),
+        merges,
+        specials,
+        pattern_text(pattern_name),
+        cfg.max_pretoken_chars,
+        pattern_name=pattern_name,
+        train_stats=train_stats,
+    )
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Load what `Tokenizer.save` wrote (dispatching on kind) or a plain GPT-2 vocab.json + merges.txt directory."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise TokenizerFileError(f"tokenizer directory {d} does not exist")
+    meta_path = d / META_FILE
+    if not meta_path.exists():
+        if (d / "vocab.json").exists() and (d / "merges.txt").exists():
+            return load_bpe(d, None)
+        raise TokenizerFileError(f"{d}: neither {META_FILE} nor a GPT-2 vocab.json + merges.txt pair")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise TokenizerFileError(f"{meta_path}: expected a JSON object")
+    need = ("format_version", "kind", "special_tokens", "fingerprint")
+    for key in need:
+        if key not in meta:
+            raise TokenizerFileError(f"{meta_path}: key {key!r} is missing")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise TokenizerFileError(
+            f"{meta_path}: format_version {meta['format_version']!r}; this tpipe reads version {FORMAT_VERSION}"
+        )
+    kind = meta["kind"]
+    if kind in ("byte_bpe", "char_bpe"):
+        for key in ("pattern", "max_pretoken_chars"):
+            if key not in meta:
+                raise TokenizerFileError(f"{meta_path}: key {key!r} is missing")
+        return load_bpe(d, meta)
+    if kind == "sentencepiece":
+        from data.tokenizer.sp import load_sentencepiece
+
+        return load_sentencepiece(d, meta)
+    raise TokenizerFileError(f"{meta_path}: unknown kind {kind!r}; expected byte_bpe, char_bpe or sentencepiece")
