@@ -146,7 +146,7 @@ STEPS = [
     Step("prepare", prepare, ("seed", "data"), description="read, clean, split and shard the corpus (Ray tasks)"),
     Step("tokenizer", tokenizer, ("seed", "tokenizer"), ("prepare",), description="train the tokenizer (Ray tasks)"),
     Step("encode", encode, ("data.max_tokens_per_side",), ("prepare", "tokenizer"), description="token-id shards (Ray tasks)"),
-    Step("train", train, ("seed", "model", "train", "eval"), ("tokenizer", "encode"), description="Ray Train + Lightning DDP"),
+    Step("train", train, ("seed", "model", "train", "eval"), ("prepare", "tokenizer", "encode"), description="Ray Train + Lightning DDP"),
 ]
 
 

@@ -133,7 +133,7 @@ class PipelineRun:
         self._record_state(step.name, {"state": "running", "key": key, "started": time.time()})
         self.on_event("start", step, {"key": key})
         t0 = time.perf_counter()
-        ctx = StepContext(self.cfg, tmp, final, dict(self.results), state_dir, self)
+        ctx = StepContext(self.cfg, tmp, final, {i: self.results[i] for i in step.inputs}, state_dir, self)
         try:
             summary = step.fn(ctx)
         except BaseException:

@@ -1,0 +1,111 @@
+"""The whole pipeline on real Ray, real MLflow (sqlite store) and real Parquet: the smoke config.
+
+Marked e2e: `pytest -m e2e` runs only these, `-m "not e2e"` skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    import ray
+
+    home = tmp_path_factory.mktemp("tpipe-home")
+    saved = {k: os.environ.get(k) for k in ("TPIPE_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["TPIPE_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield home
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def first_run(home):
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    cfg = load_config("smoke")
+    t0 = time.perf_counter()
+    out = run_pipeline(cfg, quiet=True)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def test_every_step_ran_and_wrote_its_output(first_run):
+    results = first_run["results"]
+    assert list(results) == ["prepare", "tokenizer", "encode", "train", "register", "evaluate"]
+    assert not any(r.cached for r in results.values())
+    run_dir = Path(first_run["run_dir"])
+    assert (run_dir / "config.yaml").read_text().startswith("seed: 7")  # the resolved config is saved
+    report = json.loads((results["prepare"].out_dir / "data_report.json").read_text())
+    assert report["input"] == report["kept"] + sum(report["rejected"].values())
+    assert (results["tokenizer"].out_dir / "merges.txt").exists()
+    pkg = results["register"].out_dir / "package"
+    for f in ("model.safetensors", "model_config.json", "generation.json", "tokenizer", "lineage.json", "README.md"):
+        assert (pkg / f).exists(), f
+
+
+def test_registered_with_aliases_and_tracked(first_run):
+    import mlflow
+    from mlflow import MlflowClient
+
+    summary = first_run["summary"]
+    mlflow.set_tracking_uri(summary["tracking_uri"])
+    client = MlflowClient(summary["tracking_uri"], registry_uri=summary["tracking_uri"])
+    name = "tpipe-smoke"
+    champion = client.get_model_version_by_alias(name, "champion")
+    candidate = client.get_model_version_by_alias(name, "candidate")
+    assert champion.version == candidate.version == "1"
+    assert "eval.bleu" in champion.tags and champion.tags["tpipe.tokenizer_fingerprint"]
+    train_run = client.get_run(first_run["results"]["train"].summary["mlflow_run_id"])
+    assert train_run.data.params["train.max_steps"] == "30"
+    assert "train/loss" in train_run.data.metrics and "val/loss" in train_run.data.metrics
+    history = client.get_metric_history(train_run.info.run_id, "train/loss")
+    assert len(history) >= 3  # per-step metrics, logged by rank 0 only: no duplicated steps
+    assert len({m.step for m in history}) == len(history)
+    ev = first_run["summary"]["evaluation"]
+    assert ev["n_sentences"] > 0 and 0 <= ev["candidate"]["chrf"] <= 100
+
+
+def test_champion_loads_in_a_fresh_process(first_run):
+    uri = first_run["summary"]["tracking_uri"]
+    code = (
+        "import json, mlflow; mlflow.set_tracking_uri(%r); mlflow.set_registry_uri(%r);"
+        "m = mlflow.pyfunc.load_model('models:/tpipe-smoke@champion');"
+        "print(json.dumps(list(m.predict(['three hundred and six', 'March 5, 2021']))))"
+    ) % (uri, uri)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out) == 2 and all(isinstance(x, str) for x in out)
+
+
+def test_rerun_reuses_every_step(first_run, home):
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    t0 = time.perf_counter()
+    again = run_pipeline(load_config("smoke"), quiet=True)
+    elapsed = time.perf_counter() - t0
+    assert all(r.cached for r in again["results"].values())
+    assert {n: r.key for n, r in again["results"].items()} == {n: r.key for n, r in first_run["results"].items()}
+    assert again["summary"]["mlflow_run_id"] == first_run["summary"]["mlflow_run_id"]  # same parent run
+    print(f"first run {first_run['seconds']:.1f}s, full re-run {elapsed:.1f}s")

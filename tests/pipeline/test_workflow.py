@@ -1,0 +1,109 @@
+"""The workflow layer: fingerprinted outputs, atomic completion, reuse, and continuing after a failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.workflow import MARKER, PipelineRun, Step, StepContext
+
+
+def make_steps(calls: list[str], fail_at: str | None = None):
+    def writer(name):
+        def fn(ctx: StepContext):
+            calls.append(name)
+            if name == fail_at:
+                (ctx.out_dir / "partial.txt").write_text("half")
+                raise RuntimeError(f"injected failure in {name}")
+            upstream = {k: (v.out_dir / "value.txt").read_text() for k, v in ctx.inputs.items()}
+            (ctx.out_dir / "value.txt").write_text(f"{name}({','.join(sorted(upstream.values()))})")
+            return {"name": name}
+
+        return fn
+
+    return [
+        Step("a", writer("a"), ("data",)),
+        Step("b", writer("b"), ("tokenizer",), ("a",)),
+        Step("c", writer("c"), ("train",), ("b",)),
+    ]
+
+
+def new_run(tmp_path: Path, steps, overrides=()):
+    cfg = load_config("smoke", list(overrides))
+    return PipelineRun(cfg, steps, tmp_path / "artifacts", tmp_path / "run", version="testcode")
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    (tmp_path / "run").mkdir()
+    return tmp_path
+
+
+def test_second_run_reuses_everything(run_dir):
+    calls: list[str] = []
+    first = new_run(run_dir, make_steps(calls)).run()
+    assert calls == ["a", "b", "c"]
+    assert (first["c"].out_dir / "value.txt").read_text() == "c(b(a()))"
+    assert all((r.out_dir / MARKER).exists() for r in first.values())
+    second = new_run(run_dir, make_steps(calls)).run()
+    assert calls == ["a", "b", "c"]  # nothing ran again
+    assert all(r.cached for r in second.values())
+    assert {n: r.key for n, r in first.items()} == {n: r.key for n, r in second.items()}
+    state = json.loads((run_dir / "run" / "state.json").read_text())
+    assert {n: s["state"] for n, s in state["steps"].items()} == {"a": "cached", "b": "cached", "c": "cached"}
+
+
+def test_config_change_reruns_only_downstream(run_dir):
+    calls: list[str] = []
+    new_run(run_dir, make_steps(calls)).run()
+    calls.clear()
+    new_run(run_dir, make_steps(calls), ["tokenizer.vocab_size=400"]).run()
+    assert calls == ["b", "c"]  # 'a' does not read the tokenizer section
+
+
+def test_code_change_invalidates(run_dir):
+    calls: list[str] = []
+    new_run(run_dir, make_steps(calls)).run()
+    run = new_run(run_dir, make_steps(calls))
+    run.version = "othercode"
+    run.run()
+    assert calls == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_failed_step_leaves_no_output_and_rerun_continues(run_dir):
+    calls: list[str] = []
+    with pytest.raises(RuntimeError, match="injected failure in b"):
+        new_run(run_dir, make_steps(calls, fail_at="b")).run()
+    assert calls == ["a", "b"]
+    b_dir = run_dir / "artifacts" / "b"
+    assert not [p for p in b_dir.iterdir() if not p.name.endswith(".state")]  # no half-written output
+    state = json.loads((run_dir / "run" / "state.json").read_text())
+    assert state["steps"]["b"]["state"] == "failed"
+    calls.clear()
+    results = new_run(run_dir, make_steps(calls)).run()
+    assert calls == ["b", "c"]  # 'a' is not redone
+    assert results["a"].cached and not results["b"].cached
+
+
+def test_from_and_until(run_dir):
+    calls: list[str] = []
+    new_run(run_dir, make_steps(calls)).run(until_step="b")
+    assert calls == ["a", "b"]
+    calls.clear()
+    new_run(run_dir, make_steps(calls)).run(from_step="b")
+    assert calls == ["b", "c"]  # b forced, c had never run
+    with pytest.raises(ValueError, match="unknown step 'x'; steps are: a, b, c"):
+        new_run(run_dir, make_steps(calls)).run(from_step="x")
+
+
+def test_unverified_output_is_redone(run_dir):
+    calls: list[str] = []
+    steps = make_steps(calls)
+    new_run(run_dir, steps).run()
+    steps[2].verify = lambda out_dir, summary: False
+    calls.clear()
+    new_run(run_dir, steps).run()
+    assert calls == ["c"]
