@@ -4,6 +4,8 @@
     tpipe config [CONFIG] [overrides] [--keys] print the resolved config (or every key with its help)
     tpipe status [RUN]                         steps of a pipeline run with state, duration, output
     tpipe evaluate MODEL_URI                   score a registered model on a split or a file
+    tpipe submit [CONFIG] [overrides]          the pipeline as a Ray job on a cluster
+    tpipe jobs list|status|logs|stop           submitted jobs
     tpipe translate MODEL_URI TEXT...          translate a few sentences
     tpipe ui                                   the MLflow UI for the configured store, on 127.0.0.1
     tpipe tokenizer ...                        train / encode / decode / explain tokenizers
@@ -110,24 +112,109 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def _read_tsv(path: str) -> list[tuple[str, str]]:
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2:
+                raise SystemExit(f"tpipe: {path} line {n}: expected 'source<TAB>reference', got {len(parts)} field(s)")
+            pairs.append((parts[-2], parts[-1]))
+    return pairs
+
+
 def cmd_evaluate(args) -> int:
     _setup_tracking()
-    from pipeline.evaluate import evaluate_pyfunc
+    from pipeline.evaluate import (
+        evaluate_pyfunc, record_evaluation, resolve_version, split_pairs_of_version,
+    )
+    from pipeline.registry import promote_if_better
 
+    name, version = resolve_version(args.model_uri)
     if args.data:
-        pairs = []
-        with open(args.data, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) < 2:
-                    raise SystemExit(f"{args.data} line {n}: expected 'source<TAB>reference'")
-                pairs.append((parts[-2], parts[-1]))
+        pairs, data = _read_tsv(args.data), args.data
     else:
-        raise SystemExit("give --data FILE.tsv (source<TAB>reference per line)")
-    result = evaluate_pyfunc(args.model_uri, [s for s, _ in pairs], [t for _, t in pairs], args.tgt_lang)
+        pairs, data = split_pairs_of_version(name, version, args.split), f"split:{args.split}"
+    if args.max_sentences:
+        pairs = pairs[: args.max_sentences]
+    sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    uris = [f"models:/{name}/{version}"] + ([args.compare] if args.compare else [])
+    results = []
+    for uri in uris:
+        r = evaluate_pyfunc(uri, sources, refs, args.tgt_lang) if args.beam is None else _with_beam(uri, sources, refs, args)
+        results.append(r)
+    run_id = record_evaluation(name, version, results[0], data=data)
+    header = f"{'metric':22s}" + "".join(f"{u:>34s}" for u in uris)
+    print(header)
     for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "sentences_per_second"):
-        print(f"{k:22s} {result[k]}")
-    print(f"sacreBLEU {result['signature']['bleu']}")
+        print(f"{k:22s}" + "".join(f"{r[k]:>34}" for r in results))
+    print(f"sentences: {len(pairs)} ({data}); evaluation run {run_id}")
+    print(f"sacreBLEU {results[0]['signature']['bleu']}")
+    print(f"chrF      {results[0]['signature']['chrf']}")
+    print(f"TER       {results[0]['signature']['ter']}")
+    if args.promote:
+        moved, message = promote_if_better(name, version, args.metric, alias=args.promote)
+        print(f"promotion: {message}")
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "samples"} for r in results], ensure_ascii=False))
+    return 0
+
+
+def _with_beam(uri: str, sources, refs, args):
+    """Evaluate with another beam size than the model's configured decoding."""
+    import time
+
+    import mlflow
+
+    from pipeline.evaluate import score
+
+    model = mlflow.pyfunc.load_model(uri)
+    t0 = time.perf_counter()
+    hyps = list(model.predict(sources, params={"beam_size": args.beam}))
+    r = score(hyps, refs, args.tgt_lang)
+    r.update({"model_uri": uri, "sentences_per_second": round(len(sources) / max(time.perf_counter() - t0, 1e-9), 2),
+              "samples": [{"source": s, "reference": t, "hypothesis": h} for s, t, h in list(zip(sources, refs, hyps))[:20]]})
+    return r
+
+
+def cmd_submit(args) -> int:
+    _load(args)  # refuse a bad config here, not minutes later on the cluster
+    from pipeline.submit import SubmitError, follow, submit
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SystemExit("tpipe: give --address http://HEAD:8265 (or set RAY_ADDRESS)")
+    try:
+        job_id = submit(address, args.items)
+    except SubmitError as e:
+        print(f"tpipe: {e}", file=sys.stderr)
+        return 2
+    print(job_id, flush=True)
+    if args.follow:
+        status = follow(address, job_id)
+        print(f"job {job_id}: {status}")
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from pipeline.submit import client
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SystemExit("tpipe: give --address http://HEAD:8265 (or set RAY_ADDRESS)")
+    c = client(address)
+    if args.action == "list":
+        for job in c.list_jobs():
+            print(f"{job.submission_id or job.job_id}\t{job.status}\t{job.entrypoint}")
+    elif not args.job_id:
+        raise SystemExit(f"tpipe: jobs {args.action} needs a submission id")
+    elif args.action == "status":
+        print(c.get_job_status(args.job_id))
+    elif args.action == "logs":
+        print(c.get_job_logs(args.job_id), end="")
+    elif args.action == "stop":
+        print("stopped" if c.stop_job(args.job_id) else "already finished")
     return 0
 
 
@@ -176,11 +263,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", nargs="?", help="run folder name (or a prefix) under $TPIPE_HOME/runs")
     s.set_defaults(func=cmd_status)
 
-    e = sub.add_parser("evaluate", help="score a registered model (BLEU, chrF, TER, exact match)")
-    e.add_argument("model_uri", help="e.g. models:/tpipe-demo@champion")
-    e.add_argument("--data", help="TSV file: source<TAB>reference per line")
+    e = sub.add_parser("evaluate", help="score a registered model (BLEU, chrF, TER, exact match) and log an evaluation run")
+    e.add_argument("model_uri", help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--data", help="TSV file: source<TAB>reference per line")
+    g.add_argument("--split", default="test", help="a split of the data the model was trained on (default test)")
+    e.add_argument("--beam", type=int, default=None, help="beam size (default: the model's configured decoding)")
+    e.add_argument("--max-sentences", type=int, default=0, help="evaluate at most this many (0: all)")
     e.add_argument("--tgt-lang", default="zh", help="target language, picks sacreBLEU's tokenizer (default zh)")
+    e.add_argument("--compare", default=None, help="another model URI scored side by side, e.g. models:/NAME@champion")
+    e.add_argument("--promote", default=None, metavar="ALIAS", help="move ALIAS to this version if it scores better")
+    e.add_argument("--metric", default="bleu", choices=["bleu", "chrf", "exact_match"], help="metric for --promote")
+    e.add_argument("--json", action="store_true", help="also print the scores as JSON")
     e.set_defaults(func=cmd_evaluate)
+
+    sb = sub.add_parser("submit", help="submit the pipeline to a Ray cluster as a job",
+                        description="Submit `tpipe run [CONFIG] [overrides]` as a Ray job. MLFLOW_TRACKING_URI must be a "
+                                    "tracking server the cluster can reach; credentials are passed as environment variables.")
+    sb.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
+    sb.add_argument("--address", default=None, help="the cluster's job API, e.g. http://127.0.0.1:8265 (default $RAY_ADDRESS)")
+    sb.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 1 unless it succeeded")
+    sb.set_defaults(func=cmd_submit)
+
+    j = sub.add_parser("jobs", help="list, inspect, read or stop submitted jobs")
+    j.add_argument("action", choices=["list", "status", "logs", "stop"])
+    j.add_argument("job_id", nargs="?", help="submission id (not for list)")
+    j.add_argument("--address", default=None, help="the cluster's job API (default $RAY_ADDRESS)")
+    j.set_defaults(func=cmd_jobs)
 
     t = sub.add_parser("translate", help="translate sentences with a registered model")
     t.add_argument("model_uri", help="e.g. models:/tpipe-demo@champion")

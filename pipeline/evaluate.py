@@ -67,3 +67,66 @@ def evaluate_pyfunc(model_uri: str, sources: list[str], references: list[str], t
         }
     )
     return result
+
+
+METRICS = ("bleu", "chrf", "ter", "exact_match", "length_ratio")
+
+
+def resolve_version(model_uri: str) -> tuple[str, int]:
+    """models:/NAME/VERSION or models:/NAME@ALIAS -> (NAME, VERSION)."""
+    from mlflow import MlflowClient
+
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"{model_uri!r} is not a registered model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+    rest = model_uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, int(MlflowClient().get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return name, int(version)
+
+
+def lineage_of_version(name: str, version: int) -> dict[str, Any]:
+    """The lineage.json stored with a registered version's model package."""
+    import json
+
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/artifacts/package/lineage.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[str, str]]:
+    """The (source, reference) pairs of `split` from the prepared data the version was trained on."""
+    from pipeline.home import Home
+    from pipeline.steps import _split_texts, raw_shards
+
+    key = lineage_of_version(name, version)["step_keys"]["prepare"]
+    prepare_dir = Home.resolve().artifacts / "prepare" / key
+    if not (prepare_dir / "manifest.json").exists():
+        raise FileNotFoundError(
+            f"the {split} split of models:/{name}/{version} was prepared in {prepare_dir}, which is not on this "
+            "machine (is TPIPE_HOME the pipeline's?); give --data FILE.tsv instead"
+        )
+    return _split_texts(raw_shards(prepare_dir), split)
+
+
+def record_evaluation(name: str, version: int, result: dict[str, Any], *, data: str) -> str:
+    """Tag the version with its scores and log an evaluation run linked to it; returns the run id."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for metric in ("bleu", "chrf", "ter", "exact_match"):
+        client.set_model_version_tag(name, str(version), f"eval.{metric}", str(result[metric]))
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_name=f"evaluate-{name}-v{version}", nested=nested) as run:
+        mlflow.set_tags({"tpipe.step": "evaluate", "tpipe.model_name": name, "tpipe.model_version": str(version),
+                         "tpipe.eval_data": data, "sacrebleu.signature": result["signature"]["bleu"]})
+        mlflow.log_metrics({f"test/{k}": float(result[k]) for k in METRICS})
+        mlflow.log_metric("test/sentences_per_second", result["sentences_per_second"])
+        mlflow.log_dict({"signature": result["signature"], "samples": result["samples"]}, "evaluation/samples.json")
+        return run.info.run_id

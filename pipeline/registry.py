@@ -21,7 +21,8 @@ def log_and_register(package_dir: Path, model_name: str, tags: dict[str, str] | 
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
-    signature = infer_signature(["a sentence"], ["a translation"])
+    # params let callers change decoding per call: predict(texts, params={"beam_size": 5}).
+    signature = infer_signature(["a sentence"], ["a translation"], params={"beam_size": 1, "max_len": 64, "length_penalty": 1.0})
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(_PKG_ROOT / "pipeline" / "pyfunc_model.py"),

@@ -239,9 +239,8 @@ Corpus shard hashes are in `lineage.json`.
 # ---- evaluate: pull the registered model through MLflow, score it, maybe promote it ----------
 def evaluate(ctx: StepContext) -> dict[str, Any]:
     import mlflow
-    from mlflow import MlflowClient
 
-    from pipeline.evaluate import evaluate_pyfunc, score
+    from pipeline.evaluate import evaluate_pyfunc, record_evaluation, score
     from pipeline.registry import CHAMPION, promote_if_better
     from pipeline.translate import write_json
 
@@ -254,20 +253,14 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
     if not pairs:
         raise RuntimeError("the test split is empty; raise data.test_fraction or add data")
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
-    with mlflow.start_run(run_name="evaluate", nested=True):
-        mlflow.set_tags({"tpipe.step": "evaluate", "tpipe.model_name": name, "tpipe.model_version": str(version)})
-        result = evaluate_pyfunc(f"models:/{name}/{version}", sources, refs, cfg.data.tgt_lang)
-        client = MlflowClient()
-        for metric in ("bleu", "chrf", "ter", "exact_match"):
-            client.set_model_version_tag(name, str(version), f"eval.{metric}", str(result[metric]))
-        promoted, message = promote_if_better(name, version, cfg.registry.promote_metric)
-        # The report comes from the model as users get it: pulled by alias from the registry.
-        champion = evaluate_pyfunc(f"models:/{name}@{CHAMPION}", sources, refs, cfg.data.tgt_lang)
-        baseline = score(sources, refs, cfg.data.tgt_lang)  # copy-the-source baseline
-        for prefix, r in (("test", result), ("champion", champion), ("baseline_copy", baseline)):
-            mlflow.log_metrics({f"{prefix}/{k}": r[k] for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio")})
-        mlflow.log_metric("test/sentences_per_second", result["sentences_per_second"])
-        mlflow.log_dict({"signature": result["signature"], "samples": result["samples"]}, "evaluation/samples.json")
+    result = evaluate_pyfunc(f"models:/{name}/{version}", sources, refs, cfg.data.tgt_lang)
+    record_evaluation(name, version, result, data=f"split:test of {ctx.input_dir('prepare')}")
+    promoted, message = promote_if_better(name, version, cfg.registry.promote_metric)
+    # The report comes from the model as users get it: pulled by alias from the registry.
+    champion = evaluate_pyfunc(f"models:/{name}@{CHAMPION}", sources, refs, cfg.data.tgt_lang)
+    baseline = score(sources, refs, cfg.data.tgt_lang)  # copy-the-source baseline
+    mlflow.log_metrics({f"{prefix}/{k}": r[k] for prefix, r in (("champion", champion), ("baseline_copy", baseline))
+                        for k in ("bleu", "chrf", "ter", "exact_match")})
     report = {
         "model": f"models:/{name}/{version}",
         "candidate": {k: result[k] for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "sentences_per_second")},

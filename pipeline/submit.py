@@ -1,0 +1,97 @@
+"""`tpipe submit` and `tpipe jobs`: the pipeline as a Ray job on a cluster (job submission SDK).
+
+The job's runtime_env carries this repository as its working directory and the environment the
+driver needs (MLflow tracking URI and credentials). Credentials travel only as environment
+variables: never in the entrypoint, a config file, or an MLflow param.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Never uploaded: environments, run stores and data (Ray caps a working_dir's size).
+EXCLUDES = [".venv", ".git", ".tpipe", "mlruns", "mlartifacts", "mlflow.db", "*.parquet", "__pycache__",
+            ".pytest_cache", ".hypothesis", "*.egg-info", ".whl", ".gl"]
+# Forwarded to the job when set here; the values never appear in anything tpipe prints or logs.
+FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                 "MLFLOW_S3_ENDPOINT_URL", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class SubmitError(RuntimeError):
+    pass
+
+
+def _is_loopback(address: str) -> bool:
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def tracking_uri_for_cluster(address: str, configured: str | None) -> str:
+    """The tracking URI the job will use; a local sqlite/file store is refused for a remote cluster."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        from pipeline.home import Home
+
+        uri = Home.resolve().tracking_uri()
+    local = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+    if local and not _is_loopback(address):
+        raise SubmitError(
+            f"MLflow store {uri} is a file on this machine, which the cluster at {address} cannot reach; "
+            "use a tracking server: set MLFLOW_TRACKING_URI=http://HOST:5000 (see docs/cluster.md)"
+        )
+    return uri
+
+
+def client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def submit(address: str, items: list[str], *, tracking_uri: str | None = None, run_args: list[str] = ()) -> str:
+    """Submit `tpipe run ITEMS` as a Ray job; returns the submission id."""
+    uri = tracking_uri_for_cluster(address, tracking_uri)
+    env = {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    if "TPIPE_HOME" in os.environ and _is_loopback(address):
+        env["TPIPE_HOME"] = os.environ["TPIPE_HOME"]
+    env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    entrypoint = " ".join(["python", "-m", "pipeline.cli", "run", *map(shlex.quote, items), *map(shlex.quote, run_args)])
+    return client(address).submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(REPO_ROOT), "excludes": EXCLUDES, "env_vars": env},
+        metadata={"tool": "tpipe", "config": " ".join(items)[:200]},
+    )
+
+
+def follow(address: str, job_id: str, out=sys.stdout) -> str:
+    """Stream the job's logs until it ends; returns its final status."""
+    import asyncio
+
+    c = client(address)
+
+    async def tail() -> None:
+        async for chunk in c.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    asyncio.run(tail())
+    return wait(address, job_id, timeout_s=60)
+
+
+def wait(address: str, job_id: str, timeout_s: float = 3600) -> str:
+    import time
+
+    c = client(address)
+    deadline = time.time() + timeout_s
+    while True:
+        status = str(c.get_job_status(job_id).value)
+        if status in TERMINAL or time.time() > deadline:
+            return status
+        time.sleep(1.0)
