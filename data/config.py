@@ -28,10 +28,44 @@ class DataConfig:
     max_tokens_per_side: int = field(
         default=126, metadata={"min": 2, "help": "longer encoded sides are rejected (reason too_long_tokens)"}
     )
+    max_length_ratio: float = field(
+        default=9.0,
+        metadata={
+            "min": 1.0,
+            "help": "longer side / shorter side in UTF-8 bytes above this is rejected (reason ratio); "
+            "bytes, not characters, so that 3-byte CJK and 1-byte Latin compare fairly; 9 as Moses' clean-corpus",
+        },
+    )
+    dedup: bool = field(default=True, metadata={"help": "reject exact duplicate (src, tgt) pairs after the first"})
+    write_rejects: bool = field(
+        default=False, metadata={"help": "also write every rejected record to out_dir/rejects.jsonl"}
+    )
+    src_key: str = field(
+        default="", metadata={"help": "JSONL/Parquet source field; empty: src_lang (as in HF translation data)"}
+    )
+    tgt_key: str = field(default="", metadata={"help": "JSONL/Parquet target field; empty: tgt_lang"})
+    tsv_columns: list[int] = field(
+        default_factory=lambda: [-2, -1],
+        metadata={"help": "TSV source and target field indexes; default the last two, so 'package<TAB>en<TAB>de' works"},
+    )
+    valid_paths: list[str] = field(
+        default_factory=list, metadata={"help": "user-given validation files (same format); all go to valid"}
+    )
+    test_paths: list[str] = field(default_factory=list, metadata={"help": "user-given test files; all go to test"})
+    chunk_mb: int = field(
+        default=32,
+        metadata={"min": 1, "help": "uncompressed local line files are read by Ray tasks in chunks of this size"},
+    )
 
     def __post_init__(self) -> None:
         if self.source == "files" and not self.paths:
             raise ValueError("data.paths is empty but data.source=files; give at least one file or glob")
+        if len(self.tsv_columns) != 2:
+            raise ValueError(f"data.tsv_columns must name 2 fields (source, target), got {self.tsv_columns}")
+        if self.src_key == "":
+            self.src_key = self.src_lang  # derived, as the help says; to_dict() then shows the resolved key
+        if self.tgt_key == "":
+            self.tgt_key = self.tgt_lang
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise ValueError(
                 f"data.valid_fraction + data.test_fraction = {self.valid_fraction + self.test_fraction}; must be < 1"

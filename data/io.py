@@ -1,0 +1,132 @@
+"""Files: local paths, globs and fsspec/pyarrow URIs, gzip/zstd by suffix, atomic writes, content hashes."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from typing import IO, Any, Iterator
+
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
+
+
+class DataError(ValueError):
+    """Bad input: the message names the file and, where there is one, the line."""
+
+
+def is_remote(path: str) -> bool:
+    """'s3://b/k' -> True; '/data/x', 'file:///data/x' and 'x.tsv' -> False."""
+    return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def expand_paths(patterns: list[str]) -> list[str]:
+    """Globs expanded, each pattern's matches sorted, order of patterns kept, duplicates dropped.
+
+    A pattern that matches nothing is an error (a typo must not silently train on less data).
+    """
+    out: list[str] = []
+    for pat in patterns:
+        if is_remote(pat):
+            import fsspec
+
+            fs, _, paths = fsspec.get_fs_token_paths(pat)
+            proto = pat.split("://", 1)[0]
+            matches = sorted(p if "://" in p else f"{proto}://{p}" for p in paths if not fs.isdir(p))
+        elif glob.has_magic(local_path(pat)):
+            matches = sorted(p for p in glob.glob(local_path(pat), recursive=True) if os.path.isfile(p))
+        else:
+            p = local_path(pat)
+            matches = [p] if os.path.isfile(p) else []
+        if not matches:
+            raise DataError(f"data path {pat!r} matches no file")
+        out += [m for m in matches if m not in out]
+    return out
+
+
+def compression_of(path: str) -> str | None:
+    """'a.tsv.gz' -> 'gzip'; 'a.en.zst' -> 'zstd'; 'a.tsv' -> None."""
+    if path.endswith(".gz"):
+        return "gzip"
+    if path.endswith((".zst", ".zstd")):
+        return "zstd"
+    return None
+
+
+def strip_compression(path: str) -> str:
+    """'train.de.gz' -> 'train.de'."""
+    for suf in COMPRESSED_SUFFIXES:
+        if path.endswith(suf):
+            return path[: -len(suf)]
+    return path
+
+
+@contextmanager
+def open_binary(path: str) -> Iterator[IO[bytes]]:
+    """A binary stream of the decompressed content of a local path or a URI."""
+    comp = compression_of(path)
+    if is_remote(path) or comp is not None:
+        import fsspec
+
+        with fsspec.open(path, "rb", compression=comp) as f:
+            yield f
+    else:
+        with open(local_path(path), "rb", buffering=1 << 20) as f:
+            yield f
+
+
+def file_identity(path: str) -> dict[str, Any]:
+    """What decides whether an input changed: size and modification time (as make does), not a full read."""
+    if is_remote(path):
+        import fsspec
+
+        fs, _, (p,) = fsspec.get_fs_token_paths(path)
+        info = fs.info(p)
+        return {"path": path, "size": info.get("size"), "version": str(info.get("ETag") or info.get("mtime") or "")}
+    st = os.stat(local_path(path))
+    return {"path": os.path.abspath(local_path(path)), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tmp_path_for(path: str) -> str:
+    """A sibling temporary name, so that os.replace stays on one filesystem and is atomic."""
+    d, name = os.path.split(path)
+    return os.path.join(d, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Write to the yielded temporary path; it becomes `path` only if the block finishes."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
+            f.write("\n")
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

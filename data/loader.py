@@ -1,0 +1,287 @@
+"""TokenBatchLoader: token-budget batches from token shards, bucketed by length, DDP-aware, resumable.
+
+The plan of an epoch is computed from the length columns alone (8 bytes a row), the same on every
+rank, from (seed, epoch):
+
+    1. the row groups of all files, permuted;                      (shuffle=False: in file order)
+    2. consecutive row groups form pools of about `pool_rows` rows;
+    3. in each pool, rows sorted by length (random tie order) and cut greedily into batches with
+       B x (max S + max T) <= max_tokens, where S = src_len + 1 (eos), T = tgt_len + 2 (bos, eos);
+       the batches of a pool are then permuted;
+    4. while the batch count is not a multiple of world_size, the batch with the most rows is split
+       in two, so that every rank gets the same number of batches (uneven counts hang DDP) and the
+       ranks together see every row exactly once;
+    5. rank r takes batches r, r + W, r + 2W, ...
+
+Token ids are read through Arrow one pool at a time (only the pools holding this rank's batches),
+so memory stays flat as the corpus grows. `state_dict()` is (epoch, position): a loader restored
+from it yields exactly the batches an uninterrupted one would have yielded next.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+
+class TokenBatchLoader:
+    """Iterate token-budget batches: {"src": LongTensor (B, S), "tgt": LongTensor (B, T)}.
+
+    Args:
+        paths: token shards (Parquet with src_ids, tgt_ids, src_len, tgt_len), e.g. `token_files(dir, "train")`.
+        max_tokens: budget per batch, counting padding: B x (S + T) <= max_tokens.
+        pad_id, bos_id, eos_id: the tokenizer's special ids.
+        seed: shuffling seed; epoch e's order depends only on (seed, e).
+        rank, world_size: this DDP rank and the number of ranks.
+        shuffle: False keeps file order (validation); batches are still length-bucketed.
+        pool_rows: rows sorted together for bucketing: larger is less padding, smaller is more random.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        max_tokens: int,
+        pad_id: int,
+        bos_id: int,
+        eos_id: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        pool_rows: int = 32768,
+    ) -> None:
+        if not paths:
+            raise ValueError("TokenBatchLoader needs at least one token shard path")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..world_size-1 (world_size={world_size})")
+        self.paths = [os.fspath(p) for p in paths]
+        self.max_tokens, self.seed, self.rank, self.world_size = max_tokens, seed, rank, world_size
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.shuffle, self.pool_rows = shuffle, pool_rows
+        self.epoch, self.position = 0, 0
+        self._files: dict[int, pq.ParquetFile] = {}
+
+        # Row groups as (file, row group, first global row, rows); lengths of every row.
+        units, src_len, tgt_len, start = [], [], [], 0
+        for f, path in enumerate(self.paths):
+            pf = pq.ParquetFile(path)
+            for missing in {"src_ids", "tgt_ids", "src_len", "tgt_len"} - set(pf.schema_arrow.names):
+                raise ValueError(f"{path} has no column {missing!r}; is it a token shard from encode_shards?")
+            md = pf.metadata
+            for g in range(md.num_row_groups):
+                n = md.row_group(g).num_rows
+                if n:
+                    units.append((f, g, start, n))
+                    start += n
+            lens = pf.read(columns=["src_len", "tgt_len"])
+            src_len.append(lens.column("src_len").to_numpy())
+            tgt_len.append(lens.column("tgt_len").to_numpy())
+        self._units = np.array(units, dtype=np.int64).reshape(-1, 4)
+        self._src_len = np.concatenate(src_len).astype(np.int32)
+        self._tgt_len = np.concatenate(tgt_len).astype(np.int32)
+        self.n_rows = len(self._src_len)
+        if self.n_rows < world_size:
+            raise ValueError(f"{self.n_rows} rows cannot give each of {world_size} ranks a batch")
+        cost = (self._src_len + 1) + (self._tgt_len + 2)
+        worst = int(np.argmax(cost))
+        if cost[worst] > max_tokens:
+            f, row = self._locate(worst)
+            raise ValueError(
+                f"row {row} of {self.paths[f]} needs {cost[worst]} tokens (src_len {self._src_len[worst]} + 1, "
+                f"tgt_len {self._tgt_len[worst]} + 2) but max_tokens is {max_tokens}"
+            )
+        self._plan_epoch: int | None = None
+        self._plan: list[tuple[int, np.ndarray]] = []  # this rank's (pool, global rows) per batch
+        self._pools: list[np.ndarray] = []  # unit ids of each pool
+
+    # ----------------------------------------------------------------------------------------
+    # The plan
+
+    def _locate(self, row: int) -> tuple[int, int]:
+        """Global row -> (file index, row within the file)."""
+        u = int(np.searchsorted(self._units[:, 2], row, side="right") - 1)
+        f = int(self._units[u, 0])
+        first_of_file = int(self._units[self._units[:, 0] == f][0, 2])
+        return f, row - first_of_file
+
+    def _make_plan(self, epoch: int) -> tuple[list[np.ndarray], list[tuple[int, np.ndarray]]]:
+        """-> (pools as unit ids, every batch of the epoch as (pool, global rows)), the same on all ranks."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self._units)) if self.shuffle else np.arange(len(self._units))
+        pools, cur, cur_rows = [], [], 0
+        for u in order:
+            cur.append(u)
+            cur_rows += int(self._units[u, 3])
+            if cur_rows >= self.pool_rows:
+                pools.append(np.array(cur))
+                cur, cur_rows = [], 0
+        if cur:
+            pools.append(np.array(cur))
+        batches: list[tuple[int, np.ndarray]] = []
+        for p, pool in enumerate(pools):
+            rows = np.concatenate([np.arange(self._units[u, 2], self._units[u, 2] + self._units[u, 3]) for u in pool])
+            if self.shuffle:
+                rows = rows[rng.permutation(len(rows))]  # random order among equal lengths
+            s, t = self._src_len[rows] + 1, self._tgt_len[rows] + 2
+            rows = rows[np.lexsort((t, s))]  # by padded source length, then target length
+            cut = _cut_batches(self._src_len[rows] + 1, self._tgt_len[rows] + 2, self.max_tokens)
+            pool_batches = np.split(rows, cut)
+            if self.shuffle:
+                pool_batches = [pool_batches[i] for i in rng.permutation(len(pool_batches))]
+            batches += [(p, b) for b in pool_batches]
+        while len(batches) % self.world_size:
+            i = max(range(len(batches)), key=lambda k: len(batches[k][1]))  # first of the largest
+            p, b = batches[i]
+            if len(b) < 2:
+                raise ValueError(f"cannot split {len(batches)} single-row batches evenly over {self.world_size} ranks")
+            half = len(b) // 2
+            batches[i : i + 1] = [(p, b[:half]), (p, b[half:])]
+        return pools, batches
+
+    def _ensure_plan(self) -> None:
+        if self._plan_epoch != self.epoch:
+            self._pools, batches = self._make_plan(self.epoch)
+            self._plan = batches[self.rank :: self.world_size]
+            self._plan_epoch = self.epoch
+
+    def epoch_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """Global row ids of this rank's batches in `epoch` (default: the current one), for tests and tools."""
+        if epoch is None or epoch == self.epoch:
+            self._ensure_plan()
+            return [b for _, b in self._plan]
+        _, batches = self._make_plan(epoch)
+        return [b for _, b in batches[self.rank :: self.world_size]]
+
+    # ----------------------------------------------------------------------------------------
+    # The protocol the training loop uses
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its first batch; the current epoch keeps its position (resume)."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch; the same on every rank."""
+        self._ensure_plan()
+        return len(self._plan)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "max_tokens": self.max_tokens,
+            "n_rows": self.n_rows,
+            "shuffle": self.shuffle,
+            "pool_rows": self.pool_rows,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state` stopped; refuses a state whose batches would differ from this loader's."""
+        for key in ("seed", "world_size", "max_tokens", "n_rows", "shuffle", "pool_rows"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"loader state has {key}={state[key]!r} but this loader has {getattr(self, key)!r}; "
+                    "an exact resume needs the same data, seed, world_size and batching"
+                )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's remaining batches of the current epoch; then the epoch advances by one."""
+        self._ensure_plan()
+        if self.position >= len(self._plan):  # a state saved after the last batch of an epoch
+            self.epoch, self.position = self.epoch + 1, 0
+            self._ensure_plan()
+        loaded_pool, pool = -1, None
+        while self.position < len(self._plan):
+            p, rows = self._plan[self.position]
+            if p != loaded_pool:
+                pool, loaded_pool = None, p  # free the previous pool before reading the next
+                pool = self._read_pool(self._pools[p])
+            batch = self._collate(pool, rows)
+            self.position += 1
+            yield batch
+        self.epoch, self.position = self.epoch + 1, 0
+
+    # ----------------------------------------------------------------------------------------
+    # Reading and collating
+
+    def _file(self, f: int) -> pq.ParquetFile:
+        if f not in self._files:
+            self._files[f] = pq.ParquetFile(self.paths[f], memory_map=True)
+        return self._files[f]
+
+    def _read_pool(self, units: np.ndarray) -> dict[str, np.ndarray]:
+        """The ids of a pool's row groups as flat int32 arrays, with where each global row starts."""
+        src_vals, tgt_vals, rows = [], [], []
+        for u in units:
+            f, g, first, n = (int(x) for x in self._units[u])
+            t = self._file(f).read_row_group(g, columns=["src_ids", "tgt_ids"])
+            src_vals.append(t.column("src_ids").combine_chunks().flatten().to_numpy())
+            tgt_vals.append(t.column("tgt_ids").combine_chunks().flatten().to_numpy())
+            rows.append(np.arange(first, first + n))
+        rows_all = np.concatenate(rows)
+        src_start = np.zeros(len(rows_all), np.int64)
+        tgt_start = np.zeros(len(rows_all), np.int64)
+        np.cumsum(self._src_len[rows_all][:-1], out=src_start[1:])
+        np.cumsum(self._tgt_len[rows_all][:-1], out=tgt_start[1:])
+        # global row -> position in the pool, through a sorted lookup (pools are a few row groups)
+        order = np.argsort(rows_all)
+        return {
+            "rows_sorted": rows_all[order],
+            "pos_sorted": order,
+            "src": np.concatenate(src_vals),
+            "tgt": np.concatenate(tgt_vals),
+            "src_start": src_start,
+            "tgt_start": tgt_start,
+        }
+
+    def _collate(self, pool: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, torch.Tensor]:
+        pos = pool["pos_sorted"][np.searchsorted(pool["rows_sorted"], rows)]
+        sl, tl = self._src_len[rows].astype(np.int64), self._tgt_len[rows].astype(np.int64)
+        b = np.arange(len(rows))
+        src = _pad_gather(pool["src"], pool["src_start"][pos], sl, int(sl.max()) + 1, 0, self.pad_id)
+        src[b, sl] = self.eos_id  # (B, S): ids + [eos]
+        tgt = _pad_gather(pool["tgt"], pool["tgt_start"][pos], tl, int(tl.max()) + 2, 1, self.pad_id)
+        tgt[:, 0] = self.bos_id
+        tgt[b, tl + 1] = self.eos_id  # (B, T): [bos] + ids + [eos]
+        return {"src": torch.from_numpy(src), "tgt": torch.from_numpy(tgt)}
+
+
+def _pad_gather(values: np.ndarray, starts: np.ndarray, lens: np.ndarray, width: int, shift: int, pad: int) -> np.ndarray:
+    """Rows values[starts[i] : starts[i] + lens[i]] placed at column `shift` of a (B, width) pad-filled array.
+
+    >>> _pad_gather(np.array([5, 6, 7]), np.array([0, 2]), np.array([2, 1]), 3, 0, 0)
+    array([[5, 6, 0],
+           [7, 0, 0]])
+    """
+    out = np.full((len(lens), width), pad, dtype=np.int64)
+    col = np.arange(width - shift)
+    valid = col[None, :] < lens[:, None]  # (B, width - shift)
+    idx = starts[:, None] + col[None, :]
+    out[:, shift:][valid] = values[idx[valid]]
+    return out
+
+
+def _cut_batches(s: np.ndarray, t: np.ndarray, max_tokens: int) -> list[int]:
+    """Greedy cut points for rows in bucket order: a batch grows while rows x (max s + max t) fits.
+
+    >>> _cut_batches(np.array([2, 2, 3, 9]), np.array([3, 3, 3, 9]), 12)
+    [2, 3]
+    """
+    cuts, n, ms, mt = [], 0, 0, 0
+    for i, (a, b) in enumerate(zip(s.tolist(), t.tolist())):
+        ns, nt = max(ms, a), max(mt, b)
+        if n and (n + 1) * (ns + nt) > max_tokens:
+            cuts.append(i)
+            n, ms, mt = 1, a, b
+        else:
+            n, ms, mt = n + 1, ns, nt
+    return cuts

@@ -1,0 +1,541 @@
+"""The data steps as Ray tasks: raw corpus -> cleaned, split raw Parquet shards -> token-id shards.
+
+prepare_raw_shards is a two-stage shuffle so that exact-duplicate removal is global yet parallel:
+
+    stage 1, one task per input unit (file, byte range, Moses pair): read, clean, hash each pair,
+             route it by hash to one of n_shards partial Arrow files
+    stage 2, one task per shard: concatenate its partials in input order, drop repeated pairs
+             (a pair and its duplicates hash to the same shard), write shard-0000i.parquet
+
+A pair's 128-bit BLAKE2b hash also assigns its split (train/valid/test), so a pair keeps its split
+when the corpus grows, whatever the seed, shard count or file order. Every input record is kept or
+counted under exactly one reject reason; `data_report.json` states input = kept + rejected.
+
+encode_shards runs one task per raw shard: tokenize, drop sides over max_tokens_per_side, write
+list<int32> id columns per split. Both steps write files atomically (temporary name, then
+os.replace), write manifest.json last, and reuse earlier output whose inputs and settings match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data.config import DataConfig
+from data.io import (
+    atomic_path,
+    file_identity,
+    read_json,
+    sha256_file,
+    tmp_path_for,
+    write_json_atomic,
+)
+from data.sources import Unit, plan_units, read_unit
+
+FORMAT_VERSION = 1  # bump when the bytes these steps write change, so old outputs are not reused
+SPLITS = ("train", "valid", "test")
+# In the order they are checked: a record is counted under the first that applies.
+REJECT_REASONS = ("invalid_utf8", "fuzzy", "empty", "too_long", "ratio", "duplicate")
+ENCODE_REJECT_REASONS = ("too_long_tokens",)
+RAW_SCHEMA = pa.schema([("src", pa.string()), ("tgt", pa.string()), ("split", pa.string())])
+TOKEN_SCHEMA = pa.schema(
+    [
+        ("src_ids", pa.list_(pa.int32())),
+        ("tgt_ids", pa.list_(pa.int32())),
+        ("src_len", pa.int32()),
+        ("tgt_len", pa.int32()),
+    ]
+)
+_PARTIAL_SCHEMA = pa.schema(
+    [
+        ("src", pa.string()),
+        ("tgt", pa.string()),
+        ("split", pa.string()),
+        ("key", pa.binary(16)),  # BLAKE2b-128 of the pair: duplicate detection and split
+        ("unit", pa.int32()),
+        ("line", pa.int64()),
+    ]
+)
+_FLUSH_ROWS = 100_000
+_ENCODE_BATCH_ROWS = 8192  # also the row-group size of token shards: the loader's unit of shuffling
+
+
+def _require_ray():
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not initialised; call ray.init(...) before the data steps")
+    return ray
+
+
+def pair_key(src: bytes, tgt: bytes) -> bytes:
+    """BLAKE2b-128 of the pair, length-prefixed so that ('ab', 'c') and ('a', 'bc') differ."""
+    return hashlib.blake2b(len(src).to_bytes(4, "little") + src + tgt, digest_size=16).digest()
+
+
+def split_of(key: bytes, valid_fraction: float, test_fraction: float) -> str:
+    """The first 8 bytes of the key as a uniform number in [0, 1): below valid_fraction -> valid, ..."""
+    u = int.from_bytes(key[:8], "little") / 2.0**64
+    if u < valid_fraction:
+        return "valid"
+    if u < valid_fraction + test_fraction:
+        return "test"
+    return "train"
+
+
+def shard_of(key: bytes, n_shards: int) -> int:
+    return int.from_bytes(key[8:], "little") % n_shards
+
+
+def _as_text(x: bytes | str) -> str:
+    return x.decode("utf-8", "backslashreplace") if isinstance(x, bytes) else x
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: read, clean, route
+
+
+def _clean(src: bytes | str, tgt: bytes | str, cfg: DataConfig) -> tuple[str | None, Any, Any, bytes, bytes]:
+    """-> (reason or None, src str, tgt str, src bytes, tgt bytes); sides are stripped of surrounding space."""
+    sides = []
+    for x in (src, tgt):
+        if isinstance(x, bytes):
+            b = x.strip()
+            try:
+                s = b.decode("utf-8")
+            except UnicodeDecodeError:
+                return "invalid_utf8", src, tgt, b"", b""
+            if s.strip() != s:  # surrounding Unicode space (NBSP, ideographic space) that bytes.strip misses
+                s = s.strip()
+                b = s.encode("utf-8")
+        else:
+            s = x.strip()
+            b = s.encode("utf-8")
+        sides.append((s, b))
+    (s, bs), (t, bt) = sides
+    if not s or not t:
+        return "empty", s, t, bs, bt
+    if len(s) > cfg.max_chars or len(t) > cfg.max_chars:
+        return "too_long", s, t, bs, bt
+    short, long_ = sorted((len(bs), len(bt)))
+    if long_ > cfg.max_length_ratio * short:
+        return "ratio", s, t, bs, bt
+    return None, s, t, bs, bt
+
+
+def _ingest_unit(unit_d: dict, cfg_d: dict, work_dir: str, write_rejects: bool) -> dict:
+    """Stage 1 for one unit; writes work_dir/u{unit}-s{shard}.arrow partials and returns the counts."""
+    unit, cfg = Unit(**unit_d), DataConfig(**cfg_d)
+    n_shards = cfg.n_shards
+    bufs: list[dict[str, list]] = [{k: [] for k in _PARTIAL_SCHEMA.names} for _ in range(n_shards)]
+    writers: list[pa.ipc.RecordBatchFileWriter | None] = [None] * n_shards
+    tmp_paths: list[str] = [""] * n_shards
+    shard_rows = [0] * n_shards
+    rejected: Counter[str] = Counter()
+    n_input = 0
+    rej_f = open(os.path.join(work_dir, f"rejects-u{unit.index:06d}.jsonl"), "w", encoding="utf-8") if write_rejects else None
+
+    def flush(i: int) -> None:
+        if not bufs[i]["src"]:
+            return
+        if writers[i] is None:
+            tmp_paths[i] = os.path.join(work_dir, f"u{unit.index:06d}-s{i:05d}.arrow")
+            writers[i] = pa.ipc.new_file(tmp_paths[i], _PARTIAL_SCHEMA)
+        writers[i].write_batch(pa.record_batch(bufs[i], schema=_PARTIAL_SCHEMA))  # type: ignore[union-attr]
+        bufs[i] = {k: [] for k in _PARTIAL_SCHEMA.names}
+
+    pending = 0
+    for line, src, tgt, reason in read_unit(unit, cfg):
+        n_input += 1
+        if reason is None:
+            reason, s, t, bs, bt = _clean(src, tgt, cfg)
+        else:
+            s, t = src, tgt
+        if reason is not None:
+            rejected[reason] += 1
+            if rej_f is not None:
+                rec = {"reason": reason, "file": unit.where(), "line": line, "src": _as_text(s), "tgt": _as_text(t)}
+                rej_f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            continue
+        key = pair_key(bs, bt)
+        i = shard_of(key, n_shards)
+        b = bufs[i]
+        b["src"].append(s)
+        b["tgt"].append(t)
+        b["split"].append(unit.split or split_of(key, cfg.valid_fraction, cfg.test_fraction))
+        b["key"].append(key)
+        b["unit"].append(unit.index)
+        b["line"].append(line)
+        shard_rows[i] += 1
+        pending += 1
+        if pending >= _FLUSH_ROWS:
+            for j in range(n_shards):
+                flush(j)
+            pending = 0
+    for j in range(n_shards):
+        flush(j)
+        if writers[j] is not None:
+            writers[j].close()  # type: ignore[union-attr]
+    if rej_f is not None:
+        rej_f.close()
+    return {"unit": unit.index, "input": n_input, "rejected": dict(rejected), "shard_rows": shard_rows}
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: dedup and write one shard
+
+
+def _first_occurrences(keys: pa.Array) -> np.ndarray:
+    """Boolean mask, True at the first row of each distinct 16-byte key (rows are in input order)."""
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    buf = keys.buffers()[1]
+    raw = np.frombuffer(buf, dtype=np.uint8, count=(keys.offset + n) * 16)[keys.offset * 16 :]
+    _, first = np.unique(raw.view("V16"), return_index=True)
+    mask = np.zeros(n, dtype=bool)
+    mask[first] = True
+    return mask
+
+
+def _write_shard(
+    shard: int, unit_ids: list[int], unit_where: dict[int, str], cfg_d: dict, work_dir: str, out_path: str, write_rejects: bool
+) -> dict:
+    import pyarrow.compute as pc
+
+    cfg = DataConfig(**cfg_d)
+    tables = []
+    for u in unit_ids:
+        p = os.path.join(work_dir, f"u{u:06d}-s{shard:05d}.arrow")
+        if os.path.exists(p):
+            with pa.memory_map(p) as src:
+                tables.append(pa.ipc.open_file(src).read_all())
+    table = pa.concat_tables(tables).combine_chunks() if tables else _PARTIAL_SCHEMA.empty_table()
+    keep = _first_occurrences(table.column("key").combine_chunks()) if cfg.dedup else np.ones(len(table), bool)
+    n_dup = int((~keep).sum())
+    if write_rejects and n_dup:
+        dups = table.filter(pa.array(~keep))
+        with open(os.path.join(work_dir, f"rejects-s{shard:05d}.jsonl"), "w", encoding="utf-8") as f:
+            for s, t, u, line in zip(*(dups.column(c).to_pylist() for c in ("src", "tgt", "unit", "line"))):
+                rec = {"reason": "duplicate", "file": unit_where[u], "line": line, "src": s, "tgt": t}
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    kept = table.filter(pa.array(keep)).select(["src", "tgt", "split"])
+    with atomic_path(out_path) as tmp:
+        pq.write_table(kept, tmp, compression="zstd")
+    vc = pc.value_counts(kept.column("split"))
+    splits = dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+    hist = {}
+    for side in ("src", "tgt"):
+        lens = pc.utf8_length(kept.column(side)).to_numpy() if len(kept) else np.zeros(0, np.int64)
+        hist[side] = np.bincount(np.minimum(lens, cfg.max_chars), minlength=cfg.max_chars + 1).tolist()
+    return {
+        "shard": shard,
+        "file": os.path.basename(out_path),
+        "rows": len(kept),
+        "splits": {s: int(splits.get(s, 0)) for s in SPLITS},
+        "sha256": sha256_file(out_path),
+        "duplicates": n_dup,
+        "hist": hist,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The raw step
+
+
+def _raw_fingerprint(cfg: DataConfig, seed: int, units: list[Unit]) -> str:
+    inputs = sorted({p for u in units for p in (u.path, u.path2) if p})
+    blob = {
+        "version": FORMAT_VERSION,
+        "data": asdict(cfg),
+        "seed": seed if cfg.source == "builtin" else None,  # files do not depend on the seed
+        "inputs": [file_identity(p) for p in inputs],
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _outputs_intact(out_dir: str, entries: list[dict]) -> bool:
+    for e in entries:
+        p = os.path.join(out_dir, e["file"])
+        if not os.path.exists(p) or sha256_file(p) != e["sha256"]:
+            return False
+    return True
+
+
+def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
+    """Read, clean, split and shard the corpus with Ray tasks; returns the data report (also in
+    out_dir/data_report.json). Reuses out_dir's shards when the inputs and settings are unchanged."""
+    ray = _require_ray()
+    os.makedirs(out_dir, exist_ok=True)
+    units = plan_units(cfg, seed)
+    fingerprint = _raw_fingerprint(cfg, seed, units)
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    report_path = os.path.join(out_dir, "data_report.json")
+    if os.path.exists(manifest_path) and os.path.exists(report_path):
+        old = read_json(manifest_path)
+        if old.get("fingerprint") == fingerprint and _outputs_intact(out_dir, old["shards"]):
+            report = read_json(report_path)
+            report["reused"] = True
+            return report
+
+    cfg_d = asdict(cfg)
+    work_dir = os.path.join(out_dir, f".work-{uuid.uuid4().hex[:12]}")
+    os.makedirs(work_dir)
+    try:
+        ingest = ray.remote(num_cpus=1)(_ingest_unit)
+        stage1 = ray.get([ingest.remote(u.to_dict(), cfg_d, work_dir, cfg.write_rejects) for u in units])
+        unit_ids = [u.index for u in units]
+        unit_where = {u.index: u.where() for u in units}
+        write = ray.remote(num_cpus=1)(_write_shard)
+        shard_paths = [os.path.join(out_dir, f"shard-{i:05d}.parquet") for i in range(cfg.n_shards)]
+        stage2 = ray.get(
+            [
+                write.remote(i, unit_ids, unit_where, cfg_d, work_dir, shard_paths[i], cfg.write_rejects)
+                for i in range(cfg.n_shards)
+            ]
+        )
+        rejects_file = None
+        if cfg.write_rejects:
+            rejects_file = "rejects.jsonl"
+            parts = [f"rejects-u{u:06d}.jsonl" for u in unit_ids] + [f"rejects-s{i:05d}.jsonl" for i in range(cfg.n_shards)]
+            with atomic_path(os.path.join(out_dir, rejects_file)) as tmp, open(tmp, "wb") as out:
+                for name in parts:
+                    p = os.path.join(work_dir, name)
+                    if os.path.exists(p):
+                        with open(p, "rb") as f:
+                            shutil.copyfileobj(f, out)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    rejected = Counter({r: 0 for r in REJECT_REASONS})
+    for r in stage1:
+        rejected.update(r["rejected"])
+    rejected["duplicate"] += sum(s["duplicates"] for s in stage2)
+    n_input = sum(r["input"] for r in stage1)
+    kept = sum(s["rows"] for s in stage2)
+    splits = {sp: sum(s["splits"][sp] for s in stage2) for sp in SPLITS}
+    hist = {side: np.sum([s["hist"][side] for s in stage2], axis=0) for side in ("src", "tgt")}
+    png = "lengths.png"
+    _plot_lengths(hist, os.path.join(out_dir, png), cfg.max_chars)
+    report = {
+        "input": n_input,
+        "kept": kept,
+        "rejected": {r: int(rejected[r]) for r in REJECT_REASONS},
+        "rejected_total": int(sum(rejected.values())),
+        "splits": splits,
+        "length_chars": {side: _percentiles(h) for side, h in hist.items()},
+        "sources": sorted({u.where() for u in units}),
+        "units": len(units),
+        "histogram_png": png,
+        "rejects_file": rejects_file,
+        "fingerprint": fingerprint,
+        "reused": False,
+    }
+    if report["input"] != report["kept"] + report["rejected_total"]:  # the account must balance
+        raise AssertionError(f"record account does not balance: {report}")
+    manifest = {
+        "version": FORMAT_VERSION,
+        "kind": "raw",
+        "fingerprint": fingerprint,
+        "columns": RAW_SCHEMA.names,
+        "shards": [{k: s[k] for k in ("file", "rows", "splits", "sha256")} for s in stage2],
+        "splits": splits,
+    }
+    for name in os.listdir(out_dir):  # shards of an earlier run with more shards
+        if name.startswith("shard-") and name.endswith(".parquet") and name not in {s["file"] for s in stage2}:
+            os.remove(os.path.join(out_dir, name))
+    write_json_atomic(report_path, report)
+    write_json_atomic(manifest_path, manifest)  # last: its presence means the step finished
+    return report
+
+
+def _percentiles(hist: np.ndarray) -> dict[str, float]:
+    """Bincount of lengths -> {'p50': .., 'p95': .., 'p99': .., 'max': ..} (max is capped at max_chars)."""
+    total = int(hist.sum())
+    if total == 0:
+        return {"p50": 0, "p95": 0, "p99": 0, "max": 0}
+    cdf = np.cumsum(hist)
+    out = {f"p{q}": int(np.searchsorted(cdf, q / 100 * total)) for q in (50, 95, 99)}
+    out["max"] = int(np.nonzero(hist)[0][-1])
+    return out
+
+
+def _plot_lengths(hist: dict[str, np.ndarray], path: str, max_chars: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for side, h in hist.items():
+        top = max(int(np.nonzero(h)[0][-1]) + 1 if h.any() else 1, 2)
+        ax.step(np.arange(top), h[:top], where="mid", label=side)
+    ax.set_xlabel(f"characters (longer than {max_chars} are rejected)")
+    ax.set_ylabel("kept pairs")
+    ax.set_title("Length histogram of kept pairs")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# The encode step
+
+
+def _ids_array(seqs: list[list[int]]) -> tuple[pa.Array, np.ndarray]:
+    """[[5, 6], [], [7]] -> (list<int32> array, lengths [2, 0, 1]) without a per-element Python loop in Arrow."""
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
+    np.cumsum(lens, out=offsets[1:])
+    values = np.fromiter((i for s in seqs for i in s), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)), lens
+
+
+def _default_tokenizer_loader(tokenizer_dir: str):
+    from data.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+def _encode_shard(
+    raw_path: str,
+    shard: int,
+    tokenizer_dir: str,
+    out_dir: str,
+    max_tokens_per_side: int,
+    metadata: dict[str, str],
+    tokenizer_loader: Callable[[str], Any],
+) -> dict:
+    tok = tokenizer_loader(tokenizer_dir)
+    schema = TOKEN_SCHEMA.with_metadata({f"tpipe.{k}": v for k, v in metadata.items()})
+    paths = {sp: os.path.join(out_dir, sp, f"part-{shard:05d}.parquet") for sp in SPLITS}
+    tmps = {sp: tmp_path_for(p) for sp, p in paths.items()}
+    for p in paths.values():
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+    writers = {sp: pq.ParquetWriter(tmps[sp], schema, compression="zstd") for sp in SPLITS}
+    rows = dict.fromkeys(SPLITS, 0)
+    tokens = {"src": 0, "tgt": 0}
+    too_long = 0
+    try:
+        pf = pq.ParquetFile(raw_path)
+        for batch in pf.iter_batches(batch_size=_ENCODE_BATCH_ROWS, columns=["src", "tgt", "split"]):
+            src_arr, src_len = _ids_array(tok.encode_batch(batch.column(0).to_pylist()))
+            tgt_arr, tgt_len = _ids_array(tok.encode_batch(batch.column(1).to_pylist()))
+            ok = (src_len <= max_tokens_per_side) & (tgt_len <= max_tokens_per_side)
+            too_long += int((~ok).sum())
+            split = np.asarray(batch.column(2).to_numpy(zero_copy_only=False))
+            t = pa.table([src_arr, tgt_arr, pa.array(src_len), pa.array(tgt_len)], schema=schema)
+            for sp in SPLITS:
+                m = ok & (split == sp)
+                if m.any():
+                    part = t.filter(pa.array(m))
+                    writers[sp].write_table(part, row_group_size=_ENCODE_BATCH_ROWS)
+                    rows[sp] += len(part)
+            tokens["src"] += int(src_len[ok].sum())
+            tokens["tgt"] += int(tgt_len[ok].sum())
+        for sp in SPLITS:
+            writers[sp].close()
+            os.replace(tmps[sp], paths[sp])
+    finally:
+        for sp in SPLITS:
+            if os.path.exists(tmps[sp]):
+                writers[sp].close()
+                os.remove(tmps[sp])
+    return {
+        "shard": shard,
+        "files": {
+            sp: {"file": os.path.relpath(paths[sp], out_dir), "rows": rows[sp], "sha256": sha256_file(paths[sp])}
+            for sp in SPLITS
+        },
+        "too_long_tokens": too_long,
+        "tokens": tokens,
+    }
+
+
+def encode_shards(
+    raw_dir: str,
+    tokenizer_dir: str,
+    out_dir: str,
+    *,
+    max_tokens_per_side: int,
+    config_hash: str,
+    tokenizer_loader: Callable[[str], Any] | None = None,
+) -> dict:
+    """Tokenize every raw shard in its own Ray task; returns the token manifest (also out_dir/manifest.json).
+
+    `tokenizer_loader(dir) -> Tokenizer` defaults to data.tokenizer.load_tokenizer; tests pass a
+    stand-in. A shard is re-encoded only when its raw content, the tokenizer fingerprint,
+    config_hash or max_tokens_per_side changed.
+    """
+    ray = _require_ray()
+    raw_manifest_path = os.path.join(raw_dir, "manifest.json")
+    if not os.path.exists(raw_manifest_path):
+        raise FileNotFoundError(f"{raw_manifest_path} does not exist; run prepare_raw_shards first")
+    raw_manifest = read_json(raw_manifest_path)
+    loader = tokenizer_loader or _default_tokenizer_loader
+    tok = loader(tokenizer_dir)
+    metadata = {
+        "tokenizer_fingerprint": str(tok.fingerprint),
+        "config_hash": str(config_hash),
+        "max_tokens_per_side": str(max_tokens_per_side),
+        "format_version": str(FORMAT_VERSION),
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    old_by_raw: dict[str, dict] = {}
+    if os.path.exists(manifest_path):
+        old = read_json(manifest_path)
+        if old.get("metadata") == metadata:
+            old_by_raw = {s["raw_sha256"]: s for s in old.get("shards", [])}
+
+    encode = ray.remote(num_cpus=1)(_encode_shard)
+    shards: list[dict] = [{} for _ in raw_manifest["shards"]]
+    pending: dict[int, Any] = {}
+    for i, raw in enumerate(raw_manifest["shards"]):
+        prev = old_by_raw.get(raw["sha256"])
+        if prev is not None and prev["shard"] == i and _outputs_intact(out_dir, list(prev["files"].values())):
+            shards[i] = dict(prev, reused=True)
+        else:
+            raw_path = os.path.join(raw_dir, raw["file"])
+            pending[i] = encode.remote(raw_path, i, tokenizer_dir, out_dir, max_tokens_per_side, metadata, loader)
+    for i, r in zip(pending, ray.get(list(pending.values()))):
+        shards[i] = dict(r, reused=False, raw_sha256=raw_manifest["shards"][i]["sha256"])
+    keep = {f["file"] for s in shards for f in s["files"].values()}
+    for sp in SPLITS:  # parts of an earlier run with more shards
+        d = os.path.join(out_dir, sp)
+        for name in os.listdir(d) if os.path.isdir(d) else []:
+            if name.endswith(".parquet") and os.path.join(sp, name) not in keep:
+                os.remove(os.path.join(d, name))
+    manifest = {
+        "version": FORMAT_VERSION,
+        "kind": "tokens",
+        "metadata": metadata,
+        "splits": {sp: [dict(s["files"][sp]) for s in shards] for sp in SPLITS},
+        "rows": {sp: sum(s["files"][sp]["rows"] for s in shards) for sp in SPLITS},
+        "rejected": {"too_long_tokens": sum(s["too_long_tokens"] for s in shards)},
+        "input": sum(raw["rows"] for raw in raw_manifest["shards"]),
+        "tokens": {side: sum(s["tokens"][side] for s in shards) for side in ("src", "tgt")},
+        "shards": shards,
+        "reused": sum(bool(s["reused"]) for s in shards),
+    }
+    write_json_atomic(manifest_path, manifest)
+    return manifest
+
+
+def token_files(token_dir: str, split: str) -> list[str]:
+    """Absolute paths of a split's token shards, from the manifest, e.g. for TokenBatchLoader."""
+    manifest = read_json(os.path.join(token_dir, "manifest.json"))
+    return [os.path.join(token_dir, e["file"]) for e in manifest["splits"][split]]

@@ -1,0 +1,319 @@
+"""Corpus readers: every input format as a stream of raw records, and the plan of Ray work units.
+
+A record is `(line, src, tgt, reason)`: `line` is the 1-based line (row, or catalog entry) in its
+file, `src`/`tgt` are `bytes` still to be decoded (line formats) or `str`, and `reason` is a
+reject the reader already knows (a fuzzy catalog entry), else None. Every record a reader yields
+is an input record: it ends up kept or counted under a reject reason.
+
+Formats (`DataConfig.format`, or `auto` by suffix after .gz/.zst):
+  moses    train.en + train.de, one sentence per line; paths name the prefix or either file
+  tsv      tab-separated; `tsv_columns` picks source and target (default the last two)
+  jsonl    one object per line with `src_key`/`tgt_key` (default the language codes)
+  parquet  string columns `src_key`/`tgt_key`
+  text     monolingual, one sentence per line; each line becomes the pair (line, line)
+  po, mo   gettext catalogs: msgid -> msgstr, one pair per plural form (see data/gettext.py)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from data.config import DataConfig
+from data.gettext import CatalogError, entry_pairs, parse_mo, parse_po
+from data.io import DataError, compression_of, expand_paths, is_remote, local_path, open_binary, strip_compression
+
+LINE_FORMATS = ("tsv", "jsonl", "text")
+_SUFFIX_FORMATS = {".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text",
+                   ".po": "po", ".mo": "mo"}
+
+Record = tuple[int, "bytes | str", "bytes | str", "str | None"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of the input that one Ray task reads: a file, a byte range of one, or a Moses pair."""
+
+    index: int  # position in the input order; ties shard order and first-of-duplicates to it
+    format: str  # builtin | moses | tsv | jsonl | parquet | text | po | mo
+    path: str = ""  # the file (the source side for moses)
+    path2: str = ""  # the target side for moses
+    start: int = 0  # byte range [start, end) of a line file; end -1: to the end
+    end: int = -1
+    first_line: int = 1  # line number of the byte at `start`
+    split: str = ""  # "" (hash-assigned) or a forced split for valid_paths / test_paths
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def where(self) -> str:
+        return f"{self.path} + {self.path2}" if self.path2 else self.path or "builtin"
+
+
+def detect_format(path: str, cfg: DataConfig) -> str:
+    """'corpus.tsv.gz' -> 'tsv'; 'train.de' with tgt_lang de -> 'moses'."""
+    if cfg.format != "auto":
+        return cfg.format
+    name = strip_compression(path)
+    ext = os.path.splitext(name)[1].lower()
+    if ext in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[ext]
+    if ext in (f".{cfg.src_lang}", f".{cfg.tgt_lang}"):
+        return "moses"
+    raise DataError(
+        f"cannot tell the format of {path} from its suffix; set data.format to one of "
+        "tsv, jsonl, parquet, moses, text, po, mo"
+    )
+
+
+def _moses_partner(prefix: str, lang: str, comp_suffix: str) -> str | None:
+    for suf in (comp_suffix, "", ".gz", ".zst", ".zstd"):
+        cand = f"{prefix}.{lang}{suf}"
+        if is_remote(cand) or os.path.isfile(local_path(cand)):
+            return cand
+    return None
+
+
+def moses_pairs(patterns: list[str], cfg: DataConfig) -> list[tuple[str, str]]:
+    """['data/train'] or ['data/train.en'] or ['data/*.en'] -> [('data/train.en', 'data/train.zh')]."""
+    files: list[str] = []
+    for pat in patterns:
+        try:
+            files += expand_paths([pat])
+        except DataError:
+            cand = _moses_partner(pat, cfg.src_lang, "")
+            if cand is None:
+                raise DataError(
+                    f"moses path {pat!r} matches no file, and neither does {pat}.{cfg.src_lang}[.gz|.zst]"
+                ) from None
+            files.append(cand)
+    pairs: list[tuple[str, str]] = []
+    for f in files:
+        name = strip_compression(f)
+        comp = f[len(name) :]
+        for own, other, flip in ((cfg.src_lang, cfg.tgt_lang, False), (cfg.tgt_lang, cfg.src_lang, True)):
+            if name.endswith(f".{own}"):
+                prefix = name[: -len(own) - 1]
+                partner = _moses_partner(prefix, other, comp)
+                if partner is None:
+                    raise DataError(f"moses file {f} has no partner {prefix}.{other}[.gz|.zst]")
+                pair = (partner, f) if flip else (f, partner)
+                if pair not in pairs:
+                    pairs.append(pair)
+                break
+        else:
+            raise DataError(f"moses file {f} ends in neither .{cfg.src_lang} nor .{cfg.tgt_lang}")
+    return pairs
+
+
+def line_chunks(path: str, chunk_bytes: int) -> list[tuple[int, int, int]]:
+    """Split an uncompressed local file at line starts: [(start, end, first_line), ...].
+
+    Reads the file once at memory speed to count newlines, so that every chunk knows its first line
+    number and error messages name the true line.
+    """
+    size = os.path.getsize(path)
+    if size <= chunk_bytes:
+        return [(0, size, 1)]
+    chunks, start, line = [], 0, 1
+    with open(path, "rb") as f:
+        while start < size:
+            f.seek(min(start + chunk_bytes, size))
+            f.readline()  # move to the start of the next line
+            end = min(f.tell(), size)
+            f.seek(start)
+            n_lines = 0
+            remaining = end - start
+            while remaining > 0:
+                block = f.read(min(remaining, 1 << 24))
+                n_lines += block.count(b"\n")
+                remaining -= len(block)
+            chunks.append((start, end, line))
+            line += n_lines
+            start = end
+    return chunks
+
+
+def plan_units(cfg: DataConfig, seed: int) -> list[Unit]:
+    """The work units of the whole input, in input order."""
+    if cfg.source == "builtin":
+        return [Unit(0, "builtin", start=seed, end=cfg.builtin_size)]
+    units: list[Unit] = []
+    chunk_bytes = cfg.chunk_mb << 20
+    for patterns, split in ((cfg.paths, ""), (cfg.valid_paths, "valid"), (cfg.test_paths, "test")):
+        if not patterns:
+            continue
+        fmt = cfg.format if cfg.format != "auto" else None
+        if fmt == "moses" or (fmt is None and _all_moses(patterns, cfg)):
+            for a, b in moses_pairs(patterns, cfg):
+                units.append(Unit(len(units), "moses", a, b, split=split))
+            continue
+        for path in expand_paths(patterns):
+            f = detect_format(path, cfg)
+            if f == "moses":
+                raise DataError(f"{path} looks like a Moses side file; give data.format=moses for the whole list")
+            if f in LINE_FORMATS and not is_remote(path) and compression_of(path) is None:
+                for start, end, first in line_chunks(local_path(path), chunk_bytes):
+                    units.append(Unit(len(units), f, path, start=start, end=end, first_line=first, split=split))
+            else:
+                units.append(Unit(len(units), f, path, split=split))
+    return units
+
+
+def _all_moses(patterns: list[str], cfg: DataConfig) -> bool:
+    try:
+        return all(detect_format(p, cfg) == "moses" for p in expand_paths(patterns))
+    except DataError:
+        return all(not os.path.splitext(strip_compression(p))[1] in _SUFFIX_FORMATS for p in patterns)
+
+
+# --------------------------------------------------------------------------------------------
+# Readers
+
+
+def read_unit(unit: Unit, cfg: DataConfig) -> Iterator[Record]:
+    """Every record of one unit, in file order."""
+    if unit.format == "builtin":
+        from data.builtin import generate_pairs
+
+        for i, (src, tgt) in enumerate(generate_pairs(unit.end, unit.start), start=1):
+            yield i, src, tgt, None
+    elif unit.format == "moses":
+        yield from _read_moses(unit.path, unit.path2)
+    elif unit.format in LINE_FORMATS:
+        yield from _read_lines(unit, cfg)
+    elif unit.format == "parquet":
+        yield from _read_parquet(unit.path, cfg)
+    elif unit.format in ("po", "mo"):
+        yield from _read_catalog(unit.path, unit.format)
+    else:
+        raise DataError(f"{unit.path}: unknown format {unit.format!r}")
+
+
+def _lines(f, start: int, end: int) -> Iterator[bytes]:
+    """Lines without their '\\n' (and a trailing '\\r') from byte `start` up to `end` (-1: EOF)."""
+    if start:
+        f.seek(start)
+    pos = start
+    for raw in f:
+        if end >= 0 and pos >= end:
+            break
+        pos += len(raw)
+        yield raw[:-1] if raw.endswith(b"\n") else raw
+    # a file that ends without a newline still yields its last line above; nothing else to do
+
+
+def _chomp(b: bytes) -> bytes:
+    return b[:-1] if b.endswith(b"\r") else b
+
+
+def _read_lines(unit: Unit, cfg: DataConfig) -> Iterator[Record]:
+    si, ti = cfg.tsv_columns
+    n_fields = None
+    with open_binary(unit.path) as f:
+        for lineno, raw in enumerate(_lines(f, unit.start, unit.end), start=unit.first_line):
+            raw = _chomp(raw)
+            if unit.format == "text":
+                yield lineno, raw, raw, None
+            elif unit.format == "tsv":
+                fields = raw.split(b"\t")
+                if n_fields is None:
+                    n_fields = len(fields)
+                    need = max(si, ti) + 1 if min(si, ti) >= 0 else max(-min(si, ti), max(si, ti) + 1)
+                    if n_fields < need:
+                        raise DataError(
+                            f"{unit.path} line {lineno}: {n_fields} tab-separated fields; "
+                            f"data.tsv_columns={cfg.tsv_columns} needs at least {need}"
+                        )
+                elif len(fields) != n_fields and raw:
+                    raise DataError(
+                        f"{unit.path} line {lineno}: {len(fields)} tab-separated fields, but line "
+                        f"{unit.first_line} has {n_fields} (a stray tab in a sentence?)"
+                    )
+                if not raw:
+                    yield lineno, b"", b"", None
+                else:
+                    yield lineno, fields[si], fields[ti], None
+            else:  # jsonl
+                yield (lineno, *_json_record(raw, unit.path, lineno, cfg), None)
+
+
+def _json_record(raw: bytes, path: str, lineno: int, cfg: DataConfig) -> tuple[bytes | str, bytes | str]:
+    if not raw.strip():
+        return b"", b""  # a blank line is a record with two empty sides
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw, b""  # invalid UTF-8 is a reject, checked before emptiness
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
+    out = []
+    for key in (cfg.src_key, cfg.tgt_key):
+        if key not in obj:
+            raise DataError(
+                f"{path} line {lineno}: no key {key!r} (data.src_key/tgt_key); keys are {sorted(obj)[:10]}"
+            )
+        v = obj[key]
+        if v is None:
+            v = ""
+        if not isinstance(v, str):
+            raise DataError(f"{path} line {lineno}: {key!r} is {type(v).__name__}, expected a string")
+        out.append(v)
+    return out[0], out[1]
+
+
+def _read_moses(src_path: str, tgt_path: str) -> Iterator[Record]:
+    with open_binary(src_path) as fs, open_binary(tgt_path) as ft:
+        it_s, it_t = _lines(fs, 0, -1), _lines(ft, 0, -1)
+        lineno = 0
+        while True:
+            s = next(it_s, None)
+            t = next(it_t, None)
+            if s is None or t is None:
+                if s is None and t is None:
+                    return
+                n_s = lineno + (s is not None) + sum(1 for _ in it_s)
+                n_t = lineno + (t is not None) + sum(1 for _ in it_t)
+                raise DataError(
+                    f"aligned files differ in length: {src_path} has {n_s} lines, {tgt_path} has {n_t} lines"
+                )
+            lineno += 1
+            yield lineno, _chomp(s), _chomp(t), None
+
+
+def _read_parquet(path: str, cfg: DataConfig) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    with open_binary(path) as f:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        for key in (cfg.src_key, cfg.tgt_key):
+            if key not in names:
+                raise DataError(f"{path}: no column {key!r} (data.src_key/tgt_key); columns are {names}")
+        row = 0
+        for batch in pf.iter_batches(batch_size=65536, columns=[cfg.src_key, cfg.tgt_key]):
+            srcs = batch.column(0).to_pylist()
+            tgts = batch.column(1).to_pylist()
+            for s, t in zip(srcs, tgts):
+                row += 1
+                yield row, "" if s is None else s, "" if t is None else t, None
+
+
+def _read_catalog(path: str, fmt: str) -> Iterator[Record]:
+    with open_binary(path) as f:
+        data = f.read()
+    try:
+        entries = list(parse_po(data, path) if fmt == "po" else parse_mo(data, path))
+    except CatalogError as e:
+        raise DataError(str(e)) from None
+    for e in entries:
+        reason = "invalid_utf8" if e.invalid_encoding else "fuzzy" if e.fuzzy else None
+        for src, tgt in entry_pairs(e):
+            yield e.line, src, tgt, reason

@@ -1,0 +1,171 @@
+"""The raw and encode steps on a real local Ray, with real Parquet files in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data.config import DataConfig
+from data.io import DataError
+from data.prepare import REJECT_REASONS, encode_shards, prepare_raw_shards, token_files
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _shards(out_dir) -> list[dict]:
+    return json.loads((out_dir / "manifest.json").read_text())["shards"]
+
+
+def _rows(out_dir) -> list[tuple[str, str, str]]:
+    rows = []
+    for s in _shards(out_dir):
+        t = pq.read_table(out_dir / s["file"])
+        rows += zip(*(t.column(c).to_pylist() for c in ("src", "tgt", "split")))
+    return rows
+
+
+def _write_tsv(path, pairs) -> str:
+    with open(path, "wb") as f:
+        for s, t in pairs:
+            f.write((s.encode() if isinstance(s, str) else s) + b"\t" + (t.encode() if isinstance(t, str) else t) + b"\n")
+    return str(path)
+
+
+def test_builtin_balances_and_is_deterministic(tmp_path):
+    cfg = DataConfig(builtin_size=600, n_shards=3, valid_fraction=0.1, test_fraction=0.1)
+    a = prepare_raw_shards(cfg, str(tmp_path / "a"), seed=5)
+    b = prepare_raw_shards(cfg, str(tmp_path / "b"), seed=5)
+    c = prepare_raw_shards(cfg, str(tmp_path / "c"), seed=6)
+    assert a["input"] == 600 == a["kept"] + sum(a["rejected"].values()) == a["kept"] + a["rejected_total"]
+    assert a["rejected"]["duplicate"] > 0  # small numbers repeat in the generator
+    assert set(a["rejected"]) == set(REJECT_REASONS)
+    assert sum(a["splits"].values()) == a["kept"] and a["splits"]["valid"] > 0 and a["splits"]["test"] > 0
+    assert [s["sha256"] for s in _shards(tmp_path / "a")] == [s["sha256"] for s in _shards(tmp_path / "b")]
+    assert [s["sha256"] for s in _shards(tmp_path / "a")] != [s["sha256"] for s in _shards(tmp_path / "c")]
+    for name in ("manifest.json", "data_report.json", "lengths.png"):
+        assert (tmp_path / "a" / name).exists()
+    assert (tmp_path / "a" / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "a" / "data_report.json").read_text())["kept"] == a["kept"]
+    shard = pq.read_table(tmp_path / "a" / "shard-00000.parquet")
+    assert shard.schema.names == ["src", "tgt", "split"] and str(shard.schema.field("src").type) == "string"
+    assert not [p for p in os.listdir(tmp_path / "a") if p.startswith(".")]  # no temporaries left behind
+    rows = _rows(tmp_path / "a")
+    assert len(rows) == a["kept"] == len(set((s, t) for s, t, _ in rows))
+
+
+def test_every_reject_reason_is_counted_and_written(tmp_path):
+    pairs = [
+        ("hello", "hallo"),
+        (b"bad \xff byte", "kaputt"),  # invalid_utf8, line 2
+        ("   ", "leer"),  # empty after stripping, line 3
+        ("x" * 60, "y" * 60),  # too_long (max_chars 50), line 4
+        ("a", "b" * 20),  # ratio 20 > 9, line 5
+        ("hello", "hallo"),  # duplicate of line 1, line 6
+        ("  good\u00a0", "gut"),  # surrounding Unicode space is stripped, kept
+        ("hello", "hallo"),  # another duplicate, line 8
+    ]
+    path = _write_tsv(tmp_path / "c.tsv", pairs)
+    cfg = DataConfig(source="files", paths=[path], max_chars=50, n_shards=2, write_rejects=True)
+    r = prepare_raw_shards(cfg, str(tmp_path / "out"), seed=0)
+    assert r["input"] == 8 and r["kept"] == 2
+    assert r["rejected"] == {"invalid_utf8": 1, "fuzzy": 0, "empty": 1, "too_long": 1, "ratio": 1, "duplicate": 2}
+    assert r["input"] == r["kept"] + r["rejected_total"]
+    assert sorted((s, t) for s, t, _ in _rows(tmp_path / "out")) == [("good", "gut"), ("hello", "hallo")]
+    rejects = [json.loads(line) for line in (tmp_path / "out" / r["rejects_file"]).read_text().splitlines()]
+    assert sorted((x["reason"], x["line"]) for x in rejects) == [
+        ("duplicate", 6), ("duplicate", 8), ("empty", 3), ("invalid_utf8", 2), ("ratio", 5), ("too_long", 4)
+    ]
+    assert all(x["file"] == path for x in rejects)
+    assert next(x for x in rejects if x["reason"] == "invalid_utf8")["src"] == "bad \\xff byte"
+
+
+def test_dedup_off_keeps_duplicates(tmp_path):
+    path = _write_tsv(tmp_path / "c.tsv", [("a b", "c d")] * 3)
+    r = prepare_raw_shards(DataConfig(source="files", paths=[path], dedup=False), str(tmp_path / "o"), seed=0)
+    assert r["kept"] == 3 and r["rejected_total"] == 0
+
+
+def test_split_of_a_pair_is_stable_when_the_corpus_grows(tmp_path):
+    first = [(f"sentence {i}", f"Satz {i}") for i in range(400)]
+    more = [(f"new sentence {i}", f"neuer Satz {i}") for i in range(300)]
+    small = _write_tsv(tmp_path / "small.tsv", first)
+    big = _write_tsv(tmp_path / "big.tsv", more[:150] + first + more[150:])
+    kw = dict(source="files", valid_fraction=0.1, test_fraction=0.1)
+    prepare_raw_shards(DataConfig(paths=[small], n_shards=2, **kw), str(tmp_path / "a"), seed=1)
+    prepare_raw_shards(DataConfig(paths=[big], n_shards=3, **kw), str(tmp_path / "b"), seed=2)
+    split_a = {(s, t): sp for s, t, sp in _rows(tmp_path / "a")}
+    split_b = {(s, t): sp for s, t, sp in _rows(tmp_path / "b")}
+    assert len(split_a) == 400 and len(split_b) == 700
+    assert all(split_b[k] == v for k, v in split_a.items())
+    assert {"train", "valid", "test"} == set(split_a.values())
+
+
+def test_user_given_validation_files_go_to_valid(tmp_path):
+    train = _write_tsv(tmp_path / "train.tsv", [(f"s{i}", f"t{i}") for i in range(50)])
+    valid = _write_tsv(tmp_path / "valid.tsv", [(f"v{i}", f"w{i}") for i in range(7)])
+    cfg = DataConfig(source="files", paths=[train], valid_paths=[valid], valid_fraction=0.0, test_fraction=0.0)
+    r = prepare_raw_shards(cfg, str(tmp_path / "o"), seed=0)
+    assert r["splits"] == {"train": 50, "valid": 7, "test": 0}
+
+
+def test_shards_are_reused_when_inputs_and_settings_are_unchanged(tmp_path):
+    path = _write_tsv(tmp_path / "c.tsv", [(f"s{i}", f"t{i}") for i in range(100)])
+    cfg = DataConfig(source="files", paths=[path], n_shards=2)
+    out = str(tmp_path / "o")
+    assert prepare_raw_shards(cfg, out, seed=0)["reused"] is False
+    mtimes = [os.stat(os.path.join(out, s["file"])).st_mtime_ns for s in _shards(tmp_path / "o")]
+    assert prepare_raw_shards(cfg, out, seed=99)["reused"] is True  # files do not depend on the seed
+    assert mtimes == [os.stat(os.path.join(out, s["file"])).st_mtime_ns for s in _shards(tmp_path / "o")]
+    assert prepare_raw_shards(DataConfig(source="files", paths=[path], n_shards=2, max_chars=80), out, seed=0)[
+        "reused"
+    ] is False  # a setting changed
+    _write_tsv(tmp_path / "c.tsv", [(f"s{i}", f"t{i}") for i in range(101)])
+    r = prepare_raw_shards(DataConfig(source="files", paths=[path], n_shards=2, max_chars=80), out, seed=0)
+    assert r["reused"] is False and r["input"] == 101  # the input changed
+    os.remove(os.path.join(out, "shard-00001.parquet"))
+    assert prepare_raw_shards(DataConfig(source="files", paths=[path], n_shards=2, max_chars=80), out, seed=0)[
+        "reused"
+    ] is False  # an output went missing
+
+
+def test_misaligned_moses_files_name_both_files_and_counts(tmp_path):
+    (tmp_path / "train.en").write_text("a\nb\nc\n")
+    (tmp_path / "train.de").write_text("x\ny\n")
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "train")], src_lang="en", tgt_lang="de")
+    with pytest.raises(DataError, match=r"train\.en has 3 lines, .*train\.de has 2 lines"):
+        prepare_raw_shards(cfg, str(tmp_path / "o"), seed=0)
+
+
+def test_encode_writes_per_split_token_shards_with_metadata(tmp_path, byte_tokenizer_loader, byte_tokenizer):
+    pairs = [(f"number {i}", f"Nummer {i}") for i in range(200)] + [("long " * 10, "lang " * 10)]
+    path = _write_tsv(tmp_path / "c.tsv", pairs)
+    raw = str(tmp_path / "raw")
+    prepare_raw_shards(DataConfig(source="files", paths=[path], n_shards=2, valid_fraction=0.1, test_fraction=0.1),
+                       raw, seed=0)
+    out = str(tmp_path / "tok")
+    m = encode_shards(raw, "unused", out, max_tokens_per_side=20, config_hash="cfg123", tokenizer_loader=byte_tokenizer_loader)
+    assert m["rejected"] == {"too_long_tokens": 1} and m["input"] == 201
+    assert sum(m["rows"].values()) + 1 == 201 and m["rows"]["valid"] > 0 and m["rows"]["test"] > 0
+    assert sorted(m["splits"]) == ["test", "train", "valid"] and len(m["splits"]["train"]) == 2
+    assert m["splits"]["train"][0]["file"] == os.path.join("train", "part-00000.parquet")
+    t = pq.read_table(token_files(out, "train")[0])
+    meta = t.schema.metadata
+    assert meta[b"tpipe.tokenizer_fingerprint"] == b"test-bytes+3" and meta[b"tpipe.config_hash"] == b"cfg123"
+    assert t.schema.names == ["src_ids", "tgt_ids", "src_len", "tgt_len"]
+    assert [t.schema.field(c).type.value_type for c in ("src_ids", "tgt_ids")] == [pa.int32(), pa.int32()]
+    assert [t.schema.field(c).type for c in ("src_len", "tgt_len")] == [pa.int32(), pa.int32()]
+    row = t.slice(0, 1).to_pylist()[0]
+    src_text = bytes(i - 3 for i in row["src_ids"]).decode()
+    assert src_text.startswith("number ") and row["src_len"] == len(row["src_ids"])  # no bos/eos in shards
+    assert row["tgt_ids"] == byte_tokenizer.encode_batch(["Nummer " + src_text.split()[1]])[0]
+
+    again = encode_shards(raw, "unused", out, max_tokens_per_side=20, config_hash="cfg123",
+                          tokenizer_loader=byte_tokenizer_loader)
+    assert again["reused"] == 2 and again["splits"] == m["splits"]
+    changed = encode_shards(raw, "unused", out, max_tokens_per_side=20, config_hash="other",
+                            tokenizer_loader=byte_tokenizer_loader)
+    assert changed["reused"] == 0
