@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -75,7 +76,8 @@ def open_binary(path: str) -> Iterator[IO[bytes]]:
         import fsspec
 
         with fsspec.open(path, "rb", compression=comp) as f:
-            yield f
+            # zstandard's reader has no readline; a buffer in front gives line iteration to every codec
+            yield io.BufferedReader(f, buffer_size=1 << 20) if comp == "zstd" else f
     else:
         with open(local_path(path), "rb", buffering=1 << 20) as f:
             yield f

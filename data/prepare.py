@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from data.config import DataConfig
 from data.io import (
+    DataError,
     atomic_path,
     file_identity,
     read_json,
@@ -77,6 +78,16 @@ def _require_ray():
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialised; call ray.init(...) before the data steps")
     return ray
+
+
+def _get(ray, refs: list) -> list:
+    """ray.get, but bad input surfaces as the DataError the task raised, not wrapped in a Ray traceback."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(getattr(e, "cause", None), DataError):
+            raise e.cause from None
+        raise
 
 
 def pair_key(src: bytes, tgt: bytes) -> bytes:
@@ -294,12 +305,13 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
     os.makedirs(work_dir)
     try:
         ingest = ray.remote(num_cpus=1)(_ingest_unit)
-        stage1 = ray.get([ingest.remote(u.to_dict(), cfg_d, work_dir, cfg.write_rejects) for u in units])
+        stage1 = _get(ray, [ingest.remote(u.to_dict(), cfg_d, work_dir, cfg.write_rejects) for u in units])
         unit_ids = [u.index for u in units]
         unit_where = {u.index: u.where() for u in units}
         write = ray.remote(num_cpus=1)(_write_shard)
         shard_paths = [os.path.join(out_dir, f"shard-{i:05d}.parquet") for i in range(cfg.n_shards)]
-        stage2 = ray.get(
+        stage2 = _get(
+            ray,
             [
                 write.remote(i, unit_ids, unit_where, cfg_d, work_dir, shard_paths[i], cfg.write_rejects)
                 for i in range(cfg.n_shards)
@@ -511,7 +523,7 @@ def encode_shards(
         else:
             raw_path = os.path.join(raw_dir, raw["file"])
             pending[i] = encode.remote(raw_path, i, tokenizer_dir, out_dir, max_tokens_per_side, metadata, loader)
-    for i, r in zip(pending, ray.get(list(pending.values()))):
+    for i, r in zip(pending, _get(ray, list(pending.values()))):
         shards[i] = dict(r, reused=False, raw_sha256=raw_manifest["shards"][i]["sha256"])
     keep = {f["file"] for s in shards for f in s["files"].values()}
     for sp in SPLITS:  # parts of an earlier run with more shards

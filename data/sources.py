@@ -164,10 +164,12 @@ def plan_units(cfg: DataConfig, seed: int) -> list[Unit]:
 
 
 def _all_moses(patterns: list[str], cfg: DataConfig) -> bool:
+    """True when every path is a Moses side file; a pattern matching no file may be a Moses prefix."""
     try:
-        return all(detect_format(p, cfg) == "moses" for p in expand_paths(patterns))
+        files = expand_paths(patterns)
     except DataError:
-        return all(not os.path.splitext(strip_compression(p))[1] in _SUFFIX_FORMATS for p in patterns)
+        return os.path.splitext(strip_compression(patterns[0]))[1].lower() not in _SUFFIX_FORMATS
+    return all(detect_format(p, cfg) == "moses" for p in files)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""Every input format read into the same records, compression, globs, URIs, and errors naming file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from data.config import DataConfig
+from data.gettext import Entry, write_mo
+from data.io import DataError, expand_paths
+from data.prepare import _clean
+from data.sources import Unit, line_chunks, plan_units, read_unit
+
+# Nasty but valid pairs: CJK, emoji, combining marks, quotes and backslashes, an inner tab for JSON.
+PAIRS = [
+    ("Hello, world!", "Hallo, Welt!"),
+    ("two thousand and forty-five", "二千零四十五"),
+    ("smile 😀 please", "bitte 😀 lächeln"),
+    ('say "hi" \\ bye', 'sag „hi" \\ tschüss'),
+    ("cafe\u0301", "Café"),
+]
+
+
+def records(cfg: DataConfig) -> list[tuple[str, str]]:
+    """Decoded (src, tgt) of every record, reading every unit in order (no Ray)."""
+    out = []
+    for unit in plan_units(cfg, seed=0):
+        for _, s, t, reason in read_unit(unit, cfg):
+            assert reason is None
+            r, s2, t2, _, _ = _clean(s, t, cfg)
+            assert r is None, (s, t, r)
+            out.append((s2, t2))
+    return out
+
+
+def compress(path, data: bytes) -> str:
+    if str(path).endswith(".gz"):
+        path.write_bytes(gzip.compress(data))
+    elif str(path).endswith(".zst"):
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    else:
+        path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz", ".zst"])
+def test_line_formats_give_the_same_pairs(tmp_path, suffix):
+    tsv = "".join(f"pkg\t{s}\t{t}\n" for s, t in PAIRS).encode()
+    jsonl = "".join(json.dumps({"en": s, "de": t, "other": 1}, ensure_ascii=False) + "\n" for s, t in PAIRS).encode()
+    compress(tmp_path / f"c.en{suffix}", "".join(s + "\n" for s, _ in PAIRS).encode())
+    compress(tmp_path / f"c.de{suffix}", "".join(t + "\n" for _, t in PAIRS).encode())
+    kw = dict(source="files", src_lang="en", tgt_lang="de")
+    assert records(DataConfig(paths=[compress(tmp_path / f"c.tsv{suffix}", tsv)], **kw)) == PAIRS
+    assert records(DataConfig(paths=[compress(tmp_path / f"c.jsonl{suffix}", jsonl)], **kw)) == PAIRS
+    assert records(DataConfig(paths=[str(tmp_path / "c")], format="moses", **kw)) == PAIRS  # a prefix
+    assert records(DataConfig(paths=[str(tmp_path / f"c.de{suffix}")], **kw)) == PAIRS  # either side, auto
+    text = compress(tmp_path / f"m.txt{suffix}", "".join(s + "\n" for s, _ in PAIRS).encode())
+    assert records(DataConfig(paths=[text], **kw)) == [(s, s) for s, _ in PAIRS]
+
+
+def test_parquet_and_custom_keys_and_columns(tmp_path):
+    t = pa.table({"source": [s for s, _ in PAIRS], "target": [t for _, t in PAIRS]})
+    pq.write_table(t, tmp_path / "c.parquet")
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "c.parquet")], src_key="source", tgt_key="target")
+    assert records(cfg) == PAIRS
+    (tmp_path / "r.tsv").write_text("".join(f"{t}\t{s}\n" for s, t in PAIRS))
+    assert records(DataConfig(source="files", paths=[str(tmp_path / "r.tsv")], tsv_columns=[1, 0])) == PAIRS
+
+
+def test_gettext_po_and_the_mo_compiled_from_it(tmp_path):
+    po = tmp_path / "de.po"
+    po.write_text(
+        'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n'
+        '"Plural-Forms: nplurals=2; plural=(n != 1);\\n"\n\n'
+        'msgid "Open"\nmsgstr "Öffnen"\n\n'
+        'msgctxt "verb"\nmsgid "Save"\nmsgstr "Speichern"\n\n'
+        'msgctxt "noun"\nmsgid "Save"\nmsgstr "Sicherung"\n\n'
+        'msgid "%d file"\nmsgid_plural "%d files"\nmsgstr[0] "%d Datei"\nmsgstr[1] "%d Dateien"\n',
+        encoding="utf-8",
+    )
+    want = [("Open", "Öffnen"), ("Save", "Speichern"), ("Save", "Sicherung"), ("%d file", "%d Datei"),
+            ("%d files", "%d Dateien")]
+    assert records(DataConfig(source="files", paths=[str(po)])) == want
+    from data.gettext import parse_po
+
+    (tmp_path / "de.mo").write_bytes(write_mo(list(parse_po(po.read_bytes(), str(po)))))
+    assert sorted(records(DataConfig(source="files", paths=[str(tmp_path / "de.mo")]))) == sorted(want)
+
+
+def test_globs_uris_and_order(tmp_path):
+    for name in ("b.tsv", "a.tsv", "c.txt"):
+        (tmp_path / name).write_text(f"{name}\tx\n")
+    assert expand_paths([str(tmp_path / "*.tsv")]) == [str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv")]
+    assert expand_paths([str(tmp_path / "b.tsv"), str(tmp_path / "*.tsv")]) == [
+        str(tmp_path / "b.tsv"), str(tmp_path / "a.tsv")]
+    assert records(DataConfig(source="files", paths=[f"file://{tmp_path}/a.tsv"])) == [("a.tsv", "x")]
+    with pytest.raises(DataError, match="matches no file"):
+        expand_paths([str(tmp_path / "*.jsonl")])
+
+
+def test_fsspec_uri(tmp_path):
+    import fsspec
+
+    with fsspec.open("memory://corpus/c.tsv", "wb") as f:
+        f.write("a\tb\nc\td\n".encode())
+    assert records(DataConfig(source="files", paths=["memory://corpus/*.tsv"])) == [("a", "b"), ("c", "d")]
+
+
+def test_chunked_reading_equals_whole_file_reading(tmp_path):
+    lines = [f"line {i}\tZeile {i}" + ("!" * (i % 7)) for i in range(500)]
+    path = tmp_path / "big.tsv"
+    path.write_text("\n".join(lines))  # no newline at the end, on purpose
+    cfg = DataConfig(source="files", paths=[str(path)])
+    whole = [(n, s, t) for n, s, t, _ in read_unit(Unit(0, "tsv", str(path)), cfg)]
+    chunks = line_chunks(str(path), 1000)
+    assert len(chunks) > 5 and chunks[0][2] == 1
+    pieces = [(n, s, t) for i, (a, b, first) in enumerate(chunks)
+              for n, s, t, _ in read_unit(Unit(i, "tsv", str(path), start=a, end=b, first_line=first), cfg)]
+    assert pieces == whole and [n for n, _, _ in whole] == list(range(1, 501))
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("c.tsv", b"a\tb\nc\td\te\n", r"c\.tsv line 2: 3 tab-separated fields, but line 1 has 2"),
+        ("c.tsv", b"just one field\n", r"c\.tsv line 1: 1 tab-separated fields; data.tsv_columns=\[-2, -1\] needs"),
+        ("c.jsonl", b'{"en": "a", "zh": "b"}\n{"en": "a", \n', r"c\.jsonl line 2: not valid JSON"),
+        ("c.jsonl", b'{"en": "a"}\n', r"c\.jsonl line 1: no key 'zh'"),
+        ("c.jsonl", b'{"en": "a", "zh": 3}\n', r"c\.jsonl line 1: 'zh' is int, expected a string"),
+        ("c.po", b'msgid "a"\nmsgstr "b\n', r"c\.po line 2: expected a quoted string"),
+        ("c.mo", b"not a catalog at all, just text", r"c\.mo: not a \.mo file"),
+        ("c.xyz", b"a\tb\n", r"cannot tell the format of .*c\.xyz"),
+    ],
+)
+def test_bad_input_names_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        records(DataConfig(source="files", paths=[str(tmp_path / name)]))
+
+
+def test_misaligned_moses_error_names_both_files_and_counts(tmp_path):
+    (tmp_path / "t.en").write_text("a\nb\n")
+    (tmp_path / "t.zh").write_text("x\ny\nz\nw\n")
+    with pytest.raises(DataError, match=r"t\.en has 2 lines, .*t\.zh has 4 lines"):
+        records(DataConfig(source="files", paths=[str(tmp_path / "t.en")]))
+    (tmp_path / "u.en").write_text("a\n")
+    with pytest.raises(DataError, match=r"u\.en has no partner .*u\.zh"):
+        records(DataConfig(source="files", paths=[str(tmp_path / "u.en")]))
+
+
+@pytest.mark.parametrize(
+    "src, tgt, reason",
+    [
+        (b"\xff\xfe", b"ok", "invalid_utf8"),
+        (b"ok", b"\xc3", "invalid_utf8"),  # a truncated 2-byte sequence
+        (b"", b"x", "empty"),
+        ("x", " \t\u3000", "empty"),  # ideographic space only
+        ("x" * 1001, "y", "too_long"),
+        ("a", "b" * 10, "ratio"),
+        ("一", "one", None),  # 3 bytes vs 3 bytes: the ratio counts bytes, not characters
+        ("\U0001f600" * 5, "smile " * 3, None),
+    ],
+)
+def test_clean_reasons(src, tgt, reason):
+    assert _clean(src, tgt, DataConfig())[0] == reason
+
+
+def test_gettext_fuzzy_and_untranslated_entries_are_counted(tmp_path):
+    (tmp_path / "x.po").write_text(
+        'msgid "a"\nmsgstr "b"\n\n#, fuzzy, c-format\nmsgid "c"\nmsgstr "d"\n\nmsgid "e"\nmsgstr ""\n'
+    )
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "x.po")])
+    (unit,) = plan_units(cfg, seed=0)
+    recs = [(s, t, r) for _, s, t, r in read_unit(unit, cfg)]
+    assert recs == [("a", "b", None), ("c", "d", "fuzzy"), ("e", "", None)]
+    assert _clean("e", "", cfg)[0] == "empty"
+    entries = [Entry("a", ["b"]), Entry("c", ["d"], fuzzy=True)]
+    assert len(write_mo(entries)) < len(write_mo([Entry("a", ["b"]), Entry("c", ["d"])]))
