@@ -90,17 +90,19 @@ def learn_merges(
         created: set[tuple[int, int]] = set()
         for i in set(where.pop(top, ())):
             w = words[i]
-            n = len(w)
-            # Fast exit for a stale index: the word no longer holds `a` followed by `b`.
+            # Jump from one `a` to the next with list.index (C speed); most words hold the pair once.
             try:
                 j = w.index(a)
             except ValueError:
-                continue
+                continue  # stale index: the word lost every `a` since it was recorded
+            n = len(w)
             c = counts[i]
-            out = w[:j]
-            while j < n:
-                x = w[j]
-                if x == a and j + 1 < n and w[j + 1] == b:
+            out: list[int] = []
+            start = 0
+            while True:
+                if j + 1 < n and w[j + 1] == b:
+                    if j > start:
+                        out += w[start:j]
                     if out:
                         prev = out[-1]
                         q = (prev, a)
@@ -120,11 +122,17 @@ def learn_merges(
                         where[q].append(i)
                         created.add(q)
                     out.append(new)
-                    j += 2
+                    start = j = j + 2
                 else:
-                    out.append(x)
                     j += 1
-            words[i] = out
+                try:
+                    j = w.index(a, j)
+                except ValueError:
+                    break
+            if start:
+                if start < n:
+                    out += w[start:]
+                words[i] = out
         for q in created:
             c = pair_counts[q]
             if c > 0:
