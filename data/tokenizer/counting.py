@@ -82,7 +82,7 @@ def plan_chunks(inputs: list[str], n_tasks: int) -> list[Chunk]:
             chunks.append(Chunk(p, "parquet"))
             continue
         size = sizes[p]
-        want = max(1, round(n_tasks * size / total_text), -(-size // CHUNK_BYTES))
+        want = max(1, -(-n_tasks * size // total_text), -(-size // CHUNK_BYTES))
         chunks.extend(_text_ranges(p, size, want))
     return chunks
 

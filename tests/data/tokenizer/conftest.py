@@ -99,3 +99,9 @@ def gpt2_ranks_file(tmp_path_factory) -> Path:
     out = tmp / "gpt2.tiktoken"
     out.write_bytes(data)
     return out
+
+
+@pytest.fixture(scope="session")
+def make_text():
+    """varied_text(n_bytes, seed) for tests that need more corpora."""
+    return varied_text
