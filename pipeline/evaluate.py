@@ -49,8 +49,12 @@ def evaluate_pyfunc(model_uri: str, sources: list[str], references: list[str], t
     """Load a registered model through MLflow (as a user would) and score it on (sources, references)."""
     import mlflow
 
+    import warnings
+
     t0 = time.perf_counter()
-    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     hyps = list(pyfunc.predict(sources))

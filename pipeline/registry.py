@@ -17,13 +17,28 @@ def log_and_register(package_dir: Path, model_name: str, tags: dict[str, str] | 
 
     Returns {"version", "model_uri", "run_id"}.
     """
+    import warnings
+
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     # params let callers change decoding per call: predict(texts, params={"beam_size": 5}).
     signature = infer_signature(["a sentence"], ["a translation"], params={"beam_size": 1, "max_len": 64, "length_penalty": 1.0})
-    info = mlflow.pyfunc.log_model(
+    with warnings.catch_warnings():
+        # The signature is explicit (no type hints, no input example needed): silence MLflow's advice.
+        warnings.filterwarnings("ignore", message=".*(type hints|input example).*")
+        info = _log_pyfunc(package_dir, signature)
+    mv = mlflow.register_model(info.model_uri, model_name, tags=tags or {})
+    client = MlflowClient()
+    client.set_registered_model_alias(model_name, CANDIDATE, mv.version)
+    return {"version": int(mv.version), "model_uri": f"models:/{model_name}/{mv.version}", "run_id": mv.run_id}
+
+
+def _log_pyfunc(package_dir: Path, signature):
+    import mlflow
+
+    return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(_PKG_ROOT / "pipeline" / "pyfunc_model.py"),
         artifacts={"package": str(package_dir)},
@@ -32,10 +47,6 @@ def log_and_register(package_dir: Path, model_name: str, tags: dict[str, str] | 
         signature=signature,
         pip_requirements=_requirements(),
     )
-    mv = mlflow.register_model(info.model_uri, model_name, tags=tags or {})
-    client = MlflowClient()
-    client.set_registered_model_alias(model_name, CANDIDATE, mv.version)
-    return {"version": int(mv.version), "model_uri": f"models:/{model_name}/{mv.version}", "run_id": mv.run_id}
 
 
 def _requirements() -> list[str]:

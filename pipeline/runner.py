@@ -22,12 +22,14 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        return True
     ray.init(
-        address=address,
-        num_cpus=num_cpus if address is None else None,
+        num_cpus=num_cpus,
         logging_level=logging.WARNING,
         log_to_driver=True,
-        include_dashboard=False if address is None else None,
+        dashboard_host="127.0.0.1",  # Ray Train's state queries need the dashboard; never on 0.0.0.0
     )
     return True
 
@@ -62,6 +64,7 @@ def run_pipeline(
             "set MLFLOW_TRACKING_URI (or mlflow.tracking_uri) to a tracking server, e.g. http://HOST:5000"
         )
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # Ray workers started from here inherit it
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     setup_mlflow(tracking_uri, cfg.mlflow.experiment, home)
     mlflow.set_experiment(cfg.mlflow.experiment)
 

@@ -172,7 +172,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
         "tpipe.code_version": lineage["code_version"],
         "tpipe.git_commit": lineage["git_commit"] or "unknown",
     }
-    with mlflow.start_run(run_id=train_summary["mlflow_run_id"]):
+    with mlflow.start_run(run_id=train_summary["mlflow_run_id"], nested=True):
         info = log_and_register(package, cfg.registry.model_name, tags=tags)
         mlflow.log_dict(lineage, "lineage.json")
     return info | {"model_name": cfg.registry.model_name}

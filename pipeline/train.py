@@ -34,6 +34,7 @@ def train_func(config: dict[str, Any]) -> None:
     from data.tokenizer import load_tokenizer
     from pipeline.lightning_module import Seq2SeqModule
 
+    _quiet_worker_logs()
     cfg = config_from_dict(config["pipeline"])
     tcfg = cfg.train
     torch.set_num_threads(tcfg.threads_per_worker)
@@ -115,6 +116,18 @@ def train_func(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ckpt)
 
 
+def _quiet_worker_logs() -> None:
+    """Keep the driver's terminal readable: per-report INFO lines from Ray Train and Lightning's
+    tips would otherwise drown the progress lines."""
+    import logging
+    import warnings
+
+    for name in ("ray.train", "ray.train.v2", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+
+
 def _callback_base():
     import lightning as L
 
@@ -148,8 +161,9 @@ class _ProgressPrinter(_callback_base()):
             self._t0 = time.perf_counter()
             self._s0 = step
         every = max(trainer.log_every_n_steps * 4, 1)
-        if step % every != 0 and step != self.max_steps:
+        if (step % every != 0 and step != self.max_steps) or step == getattr(self, "_last", None):
             return
+        self._last = step
         m = trainer.callback_metrics
         elapsed = time.perf_counter() - self._t0
         rate = (step - self._s0) / elapsed if elapsed > 0 else 0.0
@@ -182,7 +196,7 @@ def run_training(
     """
     import shutil
 
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     tcfg = cfg.train
@@ -208,6 +222,7 @@ def run_training(
             storage_path=str(storage_path),
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=3),
+            logging_config=LoggingConfig(log_level="WARNING"),  # no INFO line per report on the terminal
         ),
     )
     result = trainer.fit()
