@@ -19,6 +19,7 @@ os.replace), write manifest.json last, and reuse earlier output whose inputs and
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -412,7 +413,7 @@ def _ids_array(seqs: list[list[int]]) -> tuple[pa.Array, np.ndarray]:
     lens = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
     offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
     np.cumsum(lens, out=offsets[1:])
-    values = np.fromiter((i for s in seqs for i in s), dtype=np.int32, count=int(offsets[-1]))
+    values = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)), lens
 
 
@@ -537,12 +538,16 @@ def encode_shards(
         "metadata": metadata,
         "splits": {sp: [dict(s["files"][sp]) for s in shards] for sp in SPLITS},
         "rows": {sp: sum(s["files"][sp]["rows"] for s in shards) for sp in SPLITS},
-        "rejected": {"too_long_tokens": sum(s["too_long_tokens"] for s in shards)},
         "input": sum(raw["rows"] for raw in raw_manifest["shards"]),
+        "kept": sum(s["files"][sp]["rows"] for s in shards for sp in SPLITS),
+        "rejected": {"too_long_tokens": sum(s["too_long_tokens"] for s in shards)},
         "tokens": {side: sum(s["tokens"][side] for s in shards) for side in ("src", "tgt")},
         "shards": shards,
         "reused": sum(bool(s["reused"]) for s in shards),
     }
+    if manifest["input"] != manifest["kept"] + manifest["rejected"]["too_long_tokens"]:
+        raise AssertionError(f"encode account does not balance: {manifest['input']} rows in, {manifest['kept']} "
+                             f"kept, {manifest['rejected']}")
     write_json_atomic(manifest_path, manifest)
     return manifest
 

@@ -148,7 +148,7 @@ def test_encode_writes_per_split_token_shards_with_metadata(tmp_path, byte_token
                        raw, seed=0)
     out = str(tmp_path / "tok")
     m = encode_shards(raw, "unused", out, max_tokens_per_side=20, config_hash="cfg123", tokenizer_loader=byte_tokenizer_loader)
-    assert m["rejected"] == {"too_long_tokens": 1} and m["input"] == 201
+    assert m["rejected"] == {"too_long_tokens": 1} and m["input"] == 201 and m["kept"] == 200
     assert sum(m["rows"].values()) + 1 == 201 and m["rows"]["valid"] > 0 and m["rows"]["test"] > 0
     assert sorted(m["splits"]) == ["test", "train", "valid"] and len(m["splits"]["train"]) == 2
     assert m["splits"]["train"][0]["file"] == os.path.join("train", "part-00000.parquet")
