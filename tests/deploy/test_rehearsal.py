@@ -1,0 +1,320 @@
+"""The local rehearsal of docs/cluster.md, on 127.0.0.1 only.
+
+First half: `mlflow server --app-name basic-auth` configured like deploy/mlflow (its basic_auth.ini,
+credentials from the environment); requests without valid credentials are refused; a client that
+has only MLFLOW_TRACKING_USERNAME/PASSWORD tracks a run and registers a model; no credential shows
+up in a param, tag, artifact or log.
+
+Second half: a local `ray start --head` with token authentication (as the KubeRay manifests set
+it), the smoke pipeline sent with `tpipe submit --follow`, its model registered on that server,
+and again no credential in a param, tag, artifact or log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from deploy_testlib import DEPLOY, REPO, read_ini
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+ADMIN = "admin"
+CLIENT_USER = "tpipe-ci"
+SEARCH = "/api/2.0/mlflow/experiments/search"
+# Variables of the developer's shell that would change what the servers and clients do.
+SCRUBBED = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+            "MLFLOW_AUTH_CONFIG_PATH", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    # As with an activated virtualenv: a Ray job's entrypoint runs `python` from the PATH.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group we started (start_new_session=True), then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local IPs with a TCP socket in LISTEN on `port`, read from /proc/net/tcp and tcp6."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            hex_ip, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:
+                continue
+            raw = bytes.fromhex(hex_ip)
+            # /proc stores each 32-bit word in host (little-endian) order.
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, words))
+    return found
+
+
+def files_containing(root: Path, needles: list[str], max_bytes: int = 20_000_000) -> list[str]:
+    """Files under `root` whose bytes contain any needle (a grep for leaked credentials)."""
+    hits = []
+    encoded = [n.encode() for n in needles]
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_bytes:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if any(n in data for n in encoded):
+                hits.append(str(path.relative_to(root)))
+    return hits
+
+
+@dataclass
+class MLflowServer:
+    url: str
+    port: int
+    admin_password: str
+    client_password: str
+    log: Path
+    proc: subprocess.Popen
+
+    def secrets(self) -> list[str]:
+        return [self.admin_password, self.client_password]
+
+    def admin(self, method: str, path: str, **kw) -> requests.Response:
+        return requests.request(method, self.url + path, auth=(ADMIN, self.admin_password), timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> MLflowServer:
+    root = tmp_path_factory.mktemp("mlflow-server")
+    # deploy/mlflow/basic_auth.ini as shipped, except that the user store is a local sqlite file.
+    ini = read_ini(DEPLOY / "mlflow/basic_auth.ini")
+    ini["mlflow"]["database_uri"] = f"sqlite:///{root}/auth.db"
+    with open(root / "basic_auth.ini", "w") as f:
+        ini.write(f)
+    admin_password = secrets.token_urlsafe(18)
+    port = free_port()
+    env = clean_env(
+        MLFLOW_AUTH_CONFIG_PATH=str(root / "basic_auth.ini"),
+        MLFLOW_AUTH_ADMIN_USERNAME=ADMIN,
+        MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # as in deploy/mlflow/Dockerfile
+    )
+    log = root / "server.log"
+    cmd = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+           "--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.time() > deadline:
+                raise AssertionError(f"mlflow server not up after 180 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        server = MLflowServer(url, port, admin_password, secrets.token_urlsafe(18), log, proc)
+        # The admin makes the pipeline's own user, as docs/cluster.md does.
+        r = server.admin("POST", "/api/2.0/mlflow/users/create",
+                         json={"username": CLIENT_USER, "password": server.client_password})
+        assert r.status_code == 200, r.text
+        yield server
+    finally:
+        stop_group(proc)
+
+
+def test_server_listens_on_loopback_only(mlflow_server):
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc/net/tcp")
+    assert listening_addresses(mlflow_server.port) == {"127.0.0.1"}
+
+
+def test_requests_without_valid_credentials_are_refused(mlflow_server):
+    url = mlflow_server.url
+    assert requests.get(url + "/health", timeout=30).status_code == 200  # what probes use: no login
+    assert requests.post(url + SEARCH, json={"max_results": 1}, timeout=30).status_code == 401
+    wrong = requests.post(url + SEARCH, json={"max_results": 1}, auth=(ADMIN, "not-the-password"), timeout=30)
+    assert wrong.status_code == 401
+    assert requests.get(url + "/api/2.0/mlflow-artifacts/artifacts", timeout=30).status_code == 401
+    assert mlflow_server.admin("POST", SEARCH, json={"max_results": 1}).status_code == 200
+
+
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    # Only MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD come in.
+    import json, os, sys, tempfile
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_experiment("deploy-rehearsal")
+    with mlflow.start_run(run_name="client") as run:
+        mlflow.log_params({"train.max_steps": 30, "model.d_model": 32})
+        mlflow.log_metric("val/loss", 1.5, step=1)
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "weights.txt"), "w") as f:
+                f.write("not really weights")
+            mlflow.log_artifacts(d, artifact_path="model")
+    client = MlflowClient()
+    client.create_registered_model("deploy-rehearsal-client")
+    mv = client.create_model_version("deploy-rehearsal-client", f"{run.info.artifact_uri}/model", run.info.run_id)
+    client.set_registered_model_alias("deploy-rehearsal-client", "champion", mv.version)
+    got = client.get_model_version_by_alias("deploy-rehearsal-client", "champion")
+    path = mlflow.artifacts.download_artifacts("models:/deploy-rehearsal-client@champion")
+    text = open(os.path.join(path, "weights.txt")).read()
+    print(json.dumps({"run_id": run.info.run_id, "version": got.version, "artifact": text}))
+    """
+)
+
+
+def test_client_with_env_credentials_tracks_and_registers(mlflow_server, tmp_path):
+    env = clean_env(MLFLOW_TRACKING_URI=mlflow_server.url, MLFLOW_TRACKING_USERNAME=CLIENT_USER,
+                    MLFLOW_TRACKING_PASSWORD=mlflow_server.client_password)
+    proc = subprocess.run([sys.executable, "-c", CLIENT_SCRIPT], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["version"] == "1" and out["artifact"] == "not really weights"
+
+    # The same registry, read by the admin over HTTP: the version is there, owned by the client.
+    r = mlflow_server.admin("GET", "/api/2.0/mlflow/registered-models/get", params={"name": "deploy-rehearsal-client"})
+    assert r.status_code == 200 and r.json()["registered_model"]["aliases"][0]["alias"] == "champion"
+    # Without credentials the registry is closed too.
+    r = requests.get(mlflow_server.url + "/api/2.0/mlflow/registered-models/get",
+                     params={"name": "deploy-rehearsal-client"}, timeout=30)
+    assert r.status_code == 401
+
+    run = mlflow_server.admin("GET", "/api/2.0/mlflow/runs/get", params={"run_id": out["run_id"]}).json()["run"]
+    blob = json.dumps(run) + proc.stdout + proc.stderr
+    for secret in mlflow_server.secrets():
+        assert secret not in blob, "a credential leaked into the run or the client's output"
+    assert files_containing(tmp_path, mlflow_server.secrets()) == []
+    artifacts = Path(mlflow_server.log).parent / "artifacts"
+    assert files_containing(artifacts, mlflow_server.secrets()) == []
+    assert not any(s in mlflow_server.log.read_text(errors="replace") for s in mlflow_server.secrets())
+
+
+# --------------------------------------------------------------------------------------------
+# Second half: `tpipe submit` to a local Ray head
+
+
+def _tpipe_submit_available() -> bool:
+    try:
+        return subprocess.run([str(BIN / "tpipe"), "submit", "--help"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@dataclass
+class RayHead:
+    address: str
+    token: str
+    temp_dir: Path
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> RayHead:
+    # A short temp dir: Ray's unix socket paths must stay under 107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
+    token = secrets.token_hex(32)
+    dash_port = free_port()
+    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+           "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+           "--num-cpus", "2", "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+        yield RayHead(f"http://127.0.0.1:{dash_port}", token, temp_dir)
+    finally:
+        # `ray stop` would stop every Ray on this machine; end only the processes we started.
+        stop_group(proc)
+        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _tpipe_submit_available(), reason="tpipe submit not available yet")
+def test_submitted_pipeline_registers_its_model_without_leaking_credentials(mlflow_server, ray_head, tmp_path):
+    # The job API is closed without the cluster's token.
+    assert requests.get(ray_head.address + "/api/jobs/", timeout=30).status_code == 401
+    env = clean_env(MLFLOW_TRACKING_URI=mlflow_server.url, MLFLOW_TRACKING_USERNAME=CLIENT_USER,
+                    MLFLOW_TRACKING_PASSWORD=mlflow_server.client_password, RAY_AUTH_MODE="token",
+                    RAY_AUTH_TOKEN=ray_head.token, TPIPE_HOME=str(tmp_path / "home"))
+    model = "deploy-rehearsal-pipeline"
+    cmd = [str(BIN / "tpipe"), "submit", "smoke", f"registry.model_name={model}", "train.max_steps=10",
+           "train.num_workers=1", "--address", ray_head.address, "--follow"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+    r = mlflow_server.admin("GET", "/api/2.0/mlflow/model-versions/search", params={"filter": f"name='{model}'"})
+    versions = r.json().get("model_versions", [])
+    assert versions, f"no version of {model} registered: {r.text}"
+
+    secrets_ = mlflow_server.secrets() + [ray_head.token]
+    experiments = mlflow_server.admin("POST", SEARCH, json={"max_results": 100}).json()["experiments"]
+    runs = mlflow_server.admin(
+        "POST", "/api/2.0/mlflow/runs/search",
+        json={"experiment_ids": [e["experiment_id"] for e in experiments], "max_results": 1000},
+    ).json()["runs"]
+    assert runs
+    blob = json.dumps(runs) + json.dumps(versions) + proc.stdout + proc.stderr
+    for s in secrets_:
+        assert s not in blob, "a credential leaked into a run's params or tags, or the job's log"
+    assert files_containing(ray_head.temp_dir / "session_latest" / "logs", secrets_) == []
+    assert files_containing(mlflow_server.log.parent / "artifacts", secrets_) == []
+    assert files_containing(tmp_path / "home", secrets_) == []
