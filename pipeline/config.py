@@ -56,6 +56,11 @@ class TrainConfig:
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     threads_per_worker: int = field(default=1, metadata={"min": 1, "help": "torch intra-op threads per worker"})
+    keep_checkpoints: int = field(default=2, metadata={"min": 1, "help": "Ray Train keeps the k best by val_loss"})
+    max_failures: int = field(default=2, metadata={"min": -1, "help": "worker failures survived (-1: unlimited)"})
+    storage_path: str | None = field(
+        default=None, metadata={"help": "Ray Train storage: a folder or s3:// URI (None: under the tpipe home)"}
+    )
 
 
 @dataclass

@@ -102,7 +102,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
             bleu_sample=bleu_sample,
             tracking_uri=mlflow.get_tracking_uri(),
             mlflow_run_id=run.info.run_id,
-            storage_path=ctx.run.artifacts.parent / "ray_results",
+            storage_path=cfg.train.storage_path or str(ctx.run.artifacts.parent / "ray_results"),
             name=f"train-{ctx.final_dir.name}",
             out_dir=ctx.out_dir,
         )

@@ -59,7 +59,13 @@ def train_func(config: dict[str, Any]) -> None:
         tgt_lang=cfg.data.tgt_lang,
     )
 
-    callbacks: list[L.Callback] = [RayTrainReportCallback(), _EpochSetter(train_loader), _ProgressPrinter(tcfg.max_steps)]
+    callbacks: list[L.Callback] = [
+        ReportOnValidation(),  # a Ray Train checkpoint after every validation, scored by val_loss
+        TrainingState(train_loader),  # loader position + RNG states inside each checkpoint
+        _ProgressPrinter(tcfg.max_steps),
+    ]
+    if config.get("inject_kill"):  # fault-tolerance tests only: see run_training
+        callbacks.append(_KillOnce(*config["inject_kill"]))
     logger: Any = False
     if rank == 0:  # one writer: the driver created the run, rank 0 logs into it (mlflow#11782)
         from lightning.pytorch.loggers import MLFlowLogger
@@ -96,10 +102,23 @@ def train_func(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resuming after a failure or a re-run of an interrupted pipeline
         ckpt_dir = checkpoint.to_directory()
+        if os.path.exists(os.path.join(ckpt_dir, FINAL_WEIGHTS)):
+            # An earlier attempt finished training and only the driver was lost: hand the result back.
+            metrics = json.loads(Path(ckpt_dir, "metrics.json").read_text())
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if rank == 0 else None)
+            return
         ckpt_path = os.path.join(ckpt_dir, RayTrainReportCallback.CHECKPOINT_NAME)
         if rank == 0:
             print(f"[train] resuming from {ckpt_path}", flush=True)
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    # The loader goes to Lightning wrapped as a plain iterable: TrainingState owns its position,
+    # because Lightning's own loader state is read one prefetched batch too late.
+    trainer.fit(
+        module,
+        train_dataloaders=_Batches(train_loader),
+        val_dataloaders=val_loader,
+        ckpt_path=ckpt_path,
+        weights_only=True,  # checkpoints hold tensors and plain Python values only
+    )
 
     # The final weights leave the workers as a Ray Train checkpoint (works across nodes).
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -134,14 +153,107 @@ def _callback_base():
     return L.Callback
 
 
-class _EpochSetter(_callback_base()):
-    """Tells the loader which epoch it is, so each epoch has its own deterministic shuffle."""
+def _report_callback_base():
+    from ray.train.lightning import RayTrainReportCallback
+
+    return RayTrainReportCallback
+
+
+class ReportOnValidation(_report_callback_base()):
+    """RayTrainReportCallback, fired after each validation instead of at each epoch end.
+
+    Validation is where val_loss exists, so Ray Train can keep the top-k checkpoints by it, and
+    checkpoints come every `val_every_steps` even when an epoch is long.
+    """
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+class _Batches:
+    """The loader as a plain iterable (no state_dict), so Lightning leaves its state to TrainingState."""
 
     def __init__(self, loader):
         self.loader = loader
 
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class TrainingState(_callback_base()):
+    """What Lightning's checkpoint lacks for an exact resume: the loader's position and the RNG states.
+
+    The position counts batches *consumed* by training steps, not batches fetched (Lightning
+    prefetches one). RNG states are rank 0's; every rank seeds identically, so they are everyone's.
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.epoch, self.consumed = 0, 0
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # Each epoch has its own deterministic shuffle; a restored epoch keeps its position.
         self.loader.set_epoch(trainer.current_epoch)
+        if self.epoch != trainer.current_epoch:
+            self.epoch, self.consumed = trainer.current_epoch, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.epoch, self.consumed = trainer.current_epoch, self.consumed + 1
+
+    def state_dict(self) -> dict:
+        import random
+
+        import numpy as np
+        import torch
+
+        np_state = np.random.get_state()
+        return {
+            "loader": {"epoch": self.epoch, "position": self.consumed},
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            # as plain lists, so checkpoints load with weights_only=True
+            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        self.epoch, self.consumed = state["loader"]["epoch"], state["loader"]["position"]
+        self.loader.load_state_dict({"epoch": self.epoch, "position": self.consumed})
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python_rng"]))
+        kind, keys, *rest = state["numpy_rng"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+class _KillOnce(_callback_base()):
+    """Test hook: worker `rank` SIGKILLs its own process once, after optimizer step `step`.
+
+    Enabled only by TPIPE_INJECT_KILL_WORKER="RANK:STEP" in the driver's environment; a marker file
+    in the run's storage makes it fire on the first attempt only.
+    """
+
+    def __init__(self, rank: int, step: int, marker: str):
+        self.rank, self.step, self.marker = rank, step, marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import signal
+
+        if trainer.global_rank == self.rank and trainer.global_step == self.step and not os.path.exists(self.marker):
+            Path(self.marker).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.marker).write_text(str(os.getpid()))
+            print(f"[train] injected failure: rank {self.rank} kills itself at step {self.step}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _ProgressPrinter(_callback_base()):
@@ -185,7 +297,7 @@ def run_training(
     bleu_sample: list[tuple[list[int], str]],
     tracking_uri: str,
     mlflow_run_id: str,
-    storage_path: Path,
+    storage_path: str,
     name: str,
     out_dir: Path,
 ) -> dict[str, Any]:
@@ -200,6 +312,11 @@ def run_training(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     tcfg = cfg.train
+    inject = os.environ.get("TPIPE_INJECT_KILL_WORKER")  # "RANK:STEP", for fault-tolerance tests
+    inject_kill = None
+    if inject:
+        rank, step = (int(x) for x in inject.split(":"))
+        inject_kill = [rank, step, os.path.join(str(storage_path), name, ".injected-kill")]
     trainer = TorchTrainer(
         train_func,
         train_loop_config={
@@ -210,6 +327,7 @@ def run_training(
             "bleu_sample": bleu_sample,
             "tracking_uri": tracking_uri,
             "mlflow_run_id": mlflow_run_id,
+            "inject_kill": inject_kill,
         },
         scaling_config=ScalingConfig(
             num_workers=tcfg.num_workers,
@@ -220,8 +338,11 @@ def run_training(
         run_config=RunConfig(
             name=name,
             storage_path=str(storage_path),
-            failure_config=FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=3),
+            failure_config=FailureConfig(max_failures=tcfg.max_failures),
+            # top k by validation loss; Ray never deletes the latest, which resume needs
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=tcfg.keep_checkpoints, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+            ),
             logging_config=LoggingConfig(log_level="WARNING"),  # no INFO line per report on the terminal
         ),
     )
