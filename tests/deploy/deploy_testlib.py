@@ -23,7 +23,7 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 # Every Kubernetes manifest we ship; the tests also assert this list covers deploy/**.yaml.
 K8S_MANIFESTS = sorted(
-    [DEPLOY / "kuberay/raycluster.yaml", DEPLOY / "kuberay/rayjob.yaml", DEPLOY / "kuberay/networkpolicy.yaml"]
+    [DEPLOY / "kuberay" / name for name in ("raycluster.yaml", "rayjob.yaml", "networkpolicy.yaml", "storage.yaml")]
     + list((DEPLOY / "mlflow/k8s").glob("*.yaml"))
 )
 COMPOSE = DEPLOY / "mlflow/docker-compose.yaml"

@@ -175,6 +175,10 @@ def test_ray_groups_resources_gpus_and_shared_memory(path, doc):
         # Probes on the dashboard agent's public health endpoint.
         for probe in ("readinessProbe", "livenessProbe"):
             assert c[probe]["httpGet"] == {"path": "/api/healthz", "port": 52365}, f"{name}: {probe}"
+        # One tpipe home for all nodes (storage.yaml): steps and Ray Train checkpoints are shared.
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["TPIPE_HOME"] == mounts_by_name(c)["tpipe-home"] == "/mnt/tpipe", name
+        assert volumes["tpipe-home"]["persistentVolumeClaim"]["claimName"] == "tpipe-home", name
         labels = group["template"]["metadata"]["labels"]
         assert labels["app.kubernetes.io/part-of"] == "tpipe", f"{name}: label networkpolicy.yaml selects"
     head = groups["head"]
@@ -182,6 +186,16 @@ def test_ray_groups_resources_gpus_and_shared_memory(path, doc):
     assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress")
     ports = {p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
     assert {6379, 8265, 10001} <= ports
+
+
+def mounts_by_name(container: dict[str, Any]) -> dict[str, str]:
+    return {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+
+
+def test_shared_home_is_read_write_many():
+    (pvc,) = load_docs(DEPLOY / "kuberay/storage.yaml")
+    assert pvc["kind"] == "PersistentVolumeClaim" and pvc["metadata"]["name"] == "tpipe-home"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every Ray pod mounts it at once"
 
 
 def test_rayjob_runs_tpipe_with_a_config_from_conf():
