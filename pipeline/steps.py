@@ -87,7 +87,9 @@ def train(ctx: StepContext) -> dict[str, Any]:
     # interrupted attempt left its run id in the state folder: continue that run, not a new one.
     run_id_file = ctx.state_dir / "mlflow_run_id"
     run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "train", nested=True) as run:
+    with mlflow.start_run(
+        run_id=run_id, run_name=None if run_id else "train", nested=True, log_system_metrics=True
+    ) as run:
         run_id_file.write_text(run.info.run_id)
         if run_id is None:
             from pipeline.tracking import log_dict_params
@@ -123,6 +125,10 @@ def train(ctx: StepContext) -> dict[str, Any]:
         (ctx.out_dir / "model.safetensors").unlink()
         n_params = sum(p.numel() for p in model.parameters())
         mlflow.log_metric("model/parameters", n_params)
+        from pipeline.tracking import log_training_pictures
+
+        example = (tok.encode(valid_raw[0][0]), tok.encode(valid_raw[0][1]))
+        log_training_pictures(run.info.run_id, model.eval(), tok, example, ctx.state_dir)
         del torch, pq
         return {"mlflow_run_id": run.info.run_id, "metrics": metrics, "parameters": n_params}
 

@@ -61,3 +61,57 @@ def log_artifact_file(path: str | os.PathLike, artifact_path: str | None = None)
 
     if Path(path).exists():
         mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_training_pictures(run_id: str, model, tokenizer, example: tuple[list[int], list[int]], out_dir: Path) -> None:
+    """Attention heatmap of one validation example and the loss curves, as PNG artifacts of the run."""
+    import mlflow
+    import torch
+
+    from pipeline.plots import attention_heatmap_png
+
+    src_ids, tgt_ids = example
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    src = torch.tensor(src_ids + [eos])
+    tgt = torch.tensor([bos] + tgt_ids)  # the decoder's input: BOS then the reference
+    inspection = model.inspect(src, tgt)
+    token = lambda i: tokenizer.decode([i], skip_special=False) or f"<{i}>"  # noqa: E731
+    heatmap = attention_heatmap_png(
+        inspection, [token(i) for i in inspection.src], [token(i) for i in inspection.tgt], out_dir / "attention.png"
+    )
+    mlflow.log_artifact(str(heatmap), "pictures", run_id=run_id)
+    curve = loss_curve_png(run_id, out_dir / "loss_curves.png")
+    if curve is not None:
+        mlflow.log_artifact(str(curve), "pictures", run_id=run_id)
+
+
+def loss_curve_png(run_id: str, path: Path) -> Path | None:
+    """train/loss and val/loss against the step, from the run's metric history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for key in ("train/loss", "val/loss"):
+        last: dict[int, float] = {}
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+            last[m.step] = m.value  # after a resume, a step's latest value wins
+        if last:
+            steps = sorted(last)
+            ax.plot(steps, [last[s] for s in steps], marker="." if key == "val/loss" else None, label=key)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -280,7 +280,8 @@ class _ProgressPrinter(_callback_base()):
         elapsed = time.perf_counter() - self._t0
         rate = (step - self._s0) / elapsed if elapsed > 0 else 0.0
         eta = (self.max_steps - step) / rate if rate > 0 else float("nan")
-        parts = [f"step {step}/{self.max_steps} ({100 * step / self.max_steps:.0f}%)"]
+        done = int(20 * step / self.max_steps)
+        parts = [f"{'█' * done}{'░' * (20 - done)} {100 * step / self.max_steps:3.0f}%  step {step}/{self.max_steps}"]
         for key, name in (("train/loss", "loss"), ("val/loss", "val_loss"), ("val/bleu", "val_bleu")):
             if key in m:
                 parts.append(f"{name} {float(m[key]):.3f}")

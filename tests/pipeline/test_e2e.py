@@ -142,3 +142,83 @@ def test_killed_worker_resumes_exactly(first_run, tmp_path, monkeypatch):
     for step, value in reference.items():
         assert resumed[step] == pytest.approx(value, rel=1e-5, abs=1e-6), f"step {step}"
     assert out["results"]["train"].summary["metrics"]["step"] == 30
+
+
+def _kill_everything_of(home: Path) -> None:
+    """SIGKILL every process whose environment has TPIPE_HOME=home: the driver, and the local Ray
+    it started (GCS, raylet, workers), as if the machine running `tpipe run` had lost power."""
+    import signal
+
+    needle = f"TPIPE_HOME={home}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+def _run_until(home: Path, pattern: str, timeout: float = 600) -> str:
+    """Start `tpipe run smoke` in its own home and kill it (and its Ray) when `pattern` is printed."""
+    import re
+
+    env = {**os.environ, "TPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("TPIPE_INJECT_KILL_WORKER", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "smoke"], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    seen = []
+    deadline = time.time() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if re.search(pattern, line) or time.time() > deadline:
+            break
+    _kill_everything_of(home)
+    proc.wait(timeout=60)
+    return "".join(seen)
+
+
+def test_driver_killed_during_encode_and_train_continues_identically(first_run, tmp_path):
+    """Kill `tpipe run` (driver and its local Ray) as encoding starts, then mid-training; re-run.
+
+    Completed steps are not redone, training resumes from its checkpoint, and the tokenizer,
+    token shards and final weights are identical to the uninterrupted run's.
+    """
+    from safetensors.torch import load_file
+
+    home = tmp_path / "home"
+    out1 = _run_until(home, r"▶ encode")
+    assert "✓ tokenizer" in out1
+    out2 = _run_until(home, r"\[train\].*step (1[6-9]|2\d)/30")  # after the step-15 checkpoint
+    assert "reused" in out2 and "▶ prepare" not in out2 and "▶ tokenizer" not in out2
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "smoke", "--json"], cwd=REPO,
+        env={**os.environ, "TPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1"},
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "resuming from" in proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    ran = [n for n, s in summary["steps"].items() if not s["cached"]]
+    assert ran == ["train", "register", "evaluate"], ran
+    ref = first_run["results"]
+    for step in ("prepare", "tokenizer", "encode", "train"):
+        assert summary["steps"][step]["key"] == ref[step].key
+    art = home / "artifacts"
+    for f in ("merges.txt", "vocab.json"):
+        assert (art / "tokenizer" / ref["tokenizer"].key / f).read_bytes() == (ref["tokenizer"].out_dir / f).read_bytes()
+    manifest = lambda d: {s: [x["sha256"] for x in v] for s, v in json.loads((d / "manifest.json").read_text())["splits"].items()}  # noqa: E731
+    assert manifest(art / "encode" / ref["encode"].key) == manifest(ref["encode"].out_dir)
+    resumed = load_file(str(art / "train" / ref["train"].key / "package" / "model.safetensors"))
+    reference = load_file(str(ref["train"].out_dir / "package" / "model.safetensors"))
+    for name, value in reference.items():
+        assert torch_allclose(resumed[name], value), name
+
+
+def torch_allclose(a, b) -> bool:
+    import torch
+
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
