@@ -69,7 +69,7 @@ _PARTIAL_SCHEMA = pa.schema(
         ("line", pa.int64()),
     ]
 )
-_FLUSH_ROWS = 100_000
+_BATCH_ROWS = 65536  # records cleaned together by Arrow kernels in stage 1
 _ENCODE_BATCH_ROWS = 8192  # also the row-group size of token shards: the loader's unit of shuffling
 
 
@@ -96,18 +96,20 @@ def pair_key(src: bytes, tgt: bytes) -> bytes:
     return hashlib.blake2b(len(src).to_bytes(4, "little") + src + tgt, digest_size=16).digest()
 
 
-def split_of(key: bytes, valid_fraction: float, test_fraction: float) -> str:
-    """The first 8 bytes of the key as a uniform number in [0, 1): below valid_fraction -> valid, ..."""
-    u = int.from_bytes(key[:8], "little") / 2.0**64
-    if u < valid_fraction:
-        return "valid"
-    if u < valid_fraction + test_fraction:
-        return "test"
-    return "train"
+def splits_of(keys: np.ndarray, valid_fraction: float, test_fraction: float) -> np.ndarray:
+    """(N, 2) little-endian uint64 keys -> split index (0 train, 1 valid, 2 test) from the first word
+    as a uniform number in [0, 1): below valid_fraction -> valid, then test_fraction -> test."""
+    u = keys[:, 0].astype(np.float64) / 2.0**64
+    out = np.zeros(len(keys), dtype=np.int8)
+    out[u < valid_fraction + test_fraction] = 2
+    out[u < valid_fraction] = 1
+    return out
 
 
-def shard_of(key: bytes, n_shards: int) -> int:
-    return int.from_bytes(key[8:], "little") % n_shards
+def split_of(src: str, tgt: str, valid_fraction: float, test_fraction: float) -> str:
+    """The split a (stripped) pair gets, whatever corpus it is in: split_of('one', '一', .02, .02) -> 'train'."""
+    key = np.frombuffer(pair_key(src.encode(), tgt.encode()), dtype="<u8").reshape(1, 2)
+    return SPLITS[int(splits_of(key, valid_fraction, test_fraction)[0])]
 
 
 def _as_text(x: bytes | str) -> str:
@@ -118,90 +120,145 @@ def _as_text(x: bytes | str) -> str:
 # Stage 1: read, clean, route
 
 
-def _clean(src: bytes | str, tgt: bytes | str, cfg: DataConfig) -> tuple[str | None, Any, Any, bytes, bytes]:
-    """-> (reason or None, src str, tgt str, src bytes, tgt bytes); sides are stripped of surrounding space."""
-    sides = []
-    for x in (src, tgt):
-        if isinstance(x, bytes):
-            b = x.strip()
-            try:
-                s = b.decode("utf-8")
-            except UnicodeDecodeError:
-                return "invalid_utf8", src, tgt, b"", b""
-            if s.strip() != s:  # surrounding Unicode space (NBSP, ideographic space) that bytes.strip misses
-                s = s.strip()
-                b = s.encode("utf-8")
-        else:
-            s = x.strip()
-            b = s.encode("utf-8")
-        sides.append((s, b))
-    (s, bs), (t, bt) = sides
-    if not s or not t:
-        return "empty", s, t, bs, bt
-    if len(s) > cfg.max_chars or len(t) > cfg.max_chars:
-        return "too_long", s, t, bs, bt
-    short, long_ = sorted((len(bs), len(bt)))
-    if long_ > cfg.max_length_ratio * short:
-        return "ratio", s, t, bs, bt
-    return None, s, t, bs, bt
+def _string_array(values: list) -> tuple[pa.Array, np.ndarray]:
+    """str/bytes values -> (utf8 array, invalid mask); an invalid value becomes ''. One C pass when all valid."""
+    arr = pa.array(values)  # string when all are str, binary when any is bytes
+    if arr.type == pa.string():
+        return arr, np.zeros(len(values), dtype=bool)
+    try:
+        return arr.cast(pa.string()), np.zeros(len(values), dtype=bool)
+    except pa.ArrowInvalid:
+        bad = np.array([isinstance(v, bytes) and not _is_utf8(v) for v in values], dtype=bool)
+        fixed = [b"" if b else v for v, b in zip(values, bad.tolist())]
+        return pa.array(fixed).cast(pa.string()), bad
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def clean_batch(
+    srcs: list, tgts: list, cfg: DataConfig, known: list[str | None] | None = None
+) -> tuple[np.ndarray, pa.Array, pa.Array]:
+    r"""Vectorised cleaning of raw sides (bytes or str) -> (codes, stripped src, stripped tgt).
+
+    codes[i] is 0 for a kept pair, else 1 + the index in REJECT_REASONS of the first reason that
+    applies; `known` carries reasons a reader already decided (a fuzzy catalog entry).
+
+        >>> codes, s, t = clean_batch([b"hi ", b"\xff", "x"], ["Hallo", "ok", "y" * 20], DataConfig())
+        >>> [REJECT_REASONS[c - 1] if c else None for c in codes], s.to_pylist()[0]
+        ([None, 'invalid_utf8', 'ratio'], 'hi')
+    """
+    import pyarrow.compute as pc
+
+    n = len(srcs)
+    s_arr, s_bad = _string_array(srcs)
+    t_arr, t_bad = _string_array(tgts)
+    s_arr, t_arr = pc.utf8_trim_whitespace(s_arr), pc.utf8_trim_whitespace(t_arr)
+    sb = pc.binary_length(s_arr).to_numpy().astype(np.int64)
+    tb = pc.binary_length(t_arr).to_numpy().astype(np.int64)
+    sc = pc.utf8_length(s_arr).to_numpy()
+    tc = pc.utf8_length(t_arr).to_numpy()
+    # Later rules first, so that the first rule that applies wins.
+    codes = np.zeros(n, dtype=np.int8)
+    code = {r: np.int8(i + 1) for i, r in enumerate(REJECT_REASONS)}
+    codes[np.maximum(sb, tb) > cfg.max_length_ratio * np.minimum(sb, tb)] = code["ratio"]
+    codes[(sc > cfg.max_chars) | (tc > cfg.max_chars)] = code["too_long"]
+    codes[(sb == 0) | (tb == 0)] = code["empty"]
+    if known is not None and any(r is not None for r in known):
+        for i, r in enumerate(known):
+            if r is not None:
+                codes[i] = code[r]
+    codes[s_bad | t_bad] = code["invalid_utf8"]
+    return codes, s_arr, t_arr
+
+
+def clean_pair(src: bytes | str, tgt: bytes | str, cfg: DataConfig) -> str | None:
+    """The reject reason of one pair, or None if it is kept: clean_pair('a', 'b' * 10, cfg) -> 'ratio'."""
+    codes, _, _ = clean_batch([src], [tgt], cfg)
+    return REJECT_REASONS[codes[0] - 1] if codes[0] else None
 
 
 def _ingest_unit(unit_d: dict, cfg_d: dict, work_dir: str, write_rejects: bool) -> dict:
     """Stage 1 for one unit; writes work_dir/u{unit}-s{shard}.arrow partials and returns the counts."""
     unit, cfg = Unit(**unit_d), DataConfig(**cfg_d)
     n_shards = cfg.n_shards
-    bufs: list[dict[str, list]] = [{k: [] for k in _PARTIAL_SCHEMA.names} for _ in range(n_shards)]
-    writers: list[pa.ipc.RecordBatchFileWriter | None] = [None] * n_shards
-    tmp_paths: list[str] = [""] * n_shards
+    writers: list[Any] = [None] * n_shards
     shard_rows = [0] * n_shards
-    rejected: Counter[str] = Counter()
+    rejected = np.zeros(len(REJECT_REASONS) + 1, dtype=np.int64)
     n_input = 0
-    rej_f = open(os.path.join(work_dir, f"rejects-u{unit.index:06d}.jsonl"), "w", encoding="utf-8") if write_rejects else None
+    rej_path = os.path.join(work_dir, f"rejects-u{unit.index:06d}.jsonl")
+    rej_f = open(rej_path, "w", encoding="utf-8") if write_rejects else None
+    split_names = pa.array(SPLITS)
 
-    def flush(i: int) -> None:
-        if not bufs[i]["src"]:
+    def process(recs: list) -> None:
+        nonlocal n_input
+        if not recs:
             return
-        if writers[i] is None:
-            tmp_paths[i] = os.path.join(work_dir, f"u{unit.index:06d}-s{i:05d}.arrow")
-            writers[i] = pa.ipc.new_file(tmp_paths[i], _PARTIAL_SCHEMA)
-        writers[i].write_batch(pa.record_batch(bufs[i], schema=_PARTIAL_SCHEMA))  # type: ignore[union-attr]
-        bufs[i] = {k: [] for k in _PARTIAL_SCHEMA.names}
-
-    pending = 0
-    for line, src, tgt, reason in read_unit(unit, cfg):
-        n_input += 1
-        if reason is None:
-            reason, s, t, bs, bt = _clean(src, tgt, cfg)
-        else:
-            s, t = src, tgt
-        if reason is not None:
-            rejected[reason] += 1
-            if rej_f is not None:
-                rec = {"reason": reason, "file": unit.where(), "line": line, "src": _as_text(s), "tgt": _as_text(t)}
+        n_input += len(recs)
+        lines, srcs, tgts, known = zip(*recs)
+        codes, s_arr, t_arr = clean_batch(list(srcs), list(tgts), cfg, list(known))
+        rejected[:] += np.bincount(codes, minlength=len(rejected))
+        if rej_f is not None:
+            for i in np.nonzero(codes)[0].tolist():
+                rec = {"reason": REJECT_REASONS[codes[i] - 1], "file": unit.where(), "line": lines[i],
+                       "src": _as_text(srcs[i]), "tgt": _as_text(tgts[i])}
                 rej_f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            continue
-        key = pair_key(bs, bt)
-        i = shard_of(key, n_shards)
-        b = bufs[i]
-        b["src"].append(s)
-        b["tgt"].append(t)
-        b["split"].append(unit.split or split_of(key, cfg.valid_fraction, cfg.test_fraction))
-        b["key"].append(key)
-        b["unit"].append(unit.index)
-        b["line"].append(line)
-        shard_rows[i] += 1
-        pending += 1
-        if pending >= _FLUSH_ROWS:
-            for j in range(n_shards):
-                flush(j)
-            pending = 0
-    for j in range(n_shards):
-        flush(j)
-        if writers[j] is not None:
-            writers[j].close()  # type: ignore[union-attr]
+        keep = np.nonzero(codes == 0)[0]
+        if len(keep) == 0:
+            return
+        idx = pa.array(keep)
+        s_k, t_k = s_arr.take(idx), t_arr.take(idx)
+        sb = s_k.cast(pa.binary()).to_pylist()
+        tb = t_k.cast(pa.binary()).to_pylist()
+        h = hashlib.blake2b
+        blob = b"".join([h(len(a).to_bytes(4, "little") + a + b, digest_size=16).digest() for a, b in zip(sb, tb)])
+        keys = np.frombuffer(blob, dtype="<u8").reshape(-1, 2)
+        if unit.split:
+            split = pa.array([unit.split] * len(keep), pa.string())
+        else:
+            split = split_names.take(pa.array(splits_of(keys, cfg.valid_fraction, cfg.test_fraction)))
+        batch = pa.record_batch(
+            [
+                s_k,
+                t_k,
+                split,
+                pa.Array.from_buffers(pa.binary(16), len(keep), [None, pa.py_buffer(blob)]),
+                pa.array(np.full(len(keep), unit.index, dtype=np.int32)),
+                pa.array(np.asarray(lines, dtype=np.int64)[keep]),
+            ],
+            schema=_PARTIAL_SCHEMA,
+        )
+        shard = (keys[:, 1] % np.uint64(n_shards)).astype(np.int64)
+        for i in range(n_shards):
+            m = shard == i
+            k = int(m.sum())
+            if not k:
+                continue
+            if writers[i] is None:
+                path = os.path.join(work_dir, f"u{unit.index:06d}-s{i:05d}.arrow")
+                writers[i] = pa.ipc.new_file(path, _PARTIAL_SCHEMA)
+            writers[i].write_batch(batch.filter(pa.array(m)) if k < len(keep) else batch)
+            shard_rows[i] += k
+
+    recs: list = []
+    for rec in read_unit(unit, cfg):
+        recs.append(rec)
+        if len(recs) >= _BATCH_ROWS:
+            process(recs)
+            recs = []
+    process(recs)
+    for w in writers:
+        if w is not None:
+            w.close()
     if rej_f is not None:
         rej_f.close()
-    return {"unit": unit.index, "input": n_input, "rejected": dict(rejected), "shard_rows": shard_rows}
+    counts = {r: int(rejected[i + 1]) for i, r in enumerate(REJECT_REASONS) if rejected[i + 1]}
+    return {"unit": unit.index, "input": n_input, "rejected": counts, "shard_rows": shard_rows}
 
 
 # --------------------------------------------------------------------------------------------

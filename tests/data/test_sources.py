@@ -13,7 +13,7 @@ import zstandard
 from data.config import DataConfig
 from data.gettext import Entry, write_mo
 from data.io import DataError, expand_paths
-from data.prepare import _clean
+from data.prepare import REJECT_REASONS, clean_batch, clean_pair
 from data.sources import Unit, line_chunks, plan_units, read_unit
 
 # Nasty but valid pairs: CJK, emoji, combining marks, quotes and backslashes, an inner tab for JSON.
@@ -30,11 +30,13 @@ def records(cfg: DataConfig) -> list[tuple[str, str]]:
     """Decoded (src, tgt) of every record, reading every unit in order (no Ray)."""
     out = []
     for unit in plan_units(cfg, seed=0):
-        for _, s, t, reason in read_unit(unit, cfg):
-            assert reason is None
-            r, s2, t2, _, _ = _clean(s, t, cfg)
-            assert r is None, (s, t, r)
-            out.append((s2, t2))
+        recs = list(read_unit(unit, cfg))
+        if not recs:
+            continue
+        _, srcs, tgts, known = zip(*recs)
+        codes, s, t = clean_batch(list(srcs), list(tgts), cfg, list(known))
+        assert not codes.any(), [REJECT_REASONS[c - 1] for c in codes if c]
+        out += zip(s.to_pylist(), t.to_pylist())
     return out
 
 
@@ -167,7 +169,7 @@ def test_misaligned_moses_error_names_both_files_and_counts(tmp_path):
     ],
 )
 def test_clean_reasons(src, tgt, reason):
-    assert _clean(src, tgt, DataConfig())[0] == reason
+    assert clean_pair(src, tgt, DataConfig()) == reason
 
 
 def test_gettext_fuzzy_and_untranslated_entries_are_counted(tmp_path):
@@ -178,6 +180,8 @@ def test_gettext_fuzzy_and_untranslated_entries_are_counted(tmp_path):
     (unit,) = plan_units(cfg, seed=0)
     recs = [(s, t, r) for _, s, t, r in read_unit(unit, cfg)]
     assert recs == [("a", "b", None), ("c", "d", "fuzzy"), ("e", "", None)]
-    assert _clean("e", "", cfg)[0] == "empty"
+    assert clean_pair("e", "", cfg) == "empty"
+    codes, _, _ = clean_batch(["a", "c", "e"], ["b", "d", ""], cfg, [None, "fuzzy", None])
+    assert [REJECT_REASONS[c - 1] if c else None for c in codes] == [None, "fuzzy", "empty"]
     entries = [Entry("a", ["b"]), Entry("c", ["d"], fuzzy=True)]
     assert len(write_mo(entries)) < len(write_mo([Entry("a", ["b"]), Entry("c", ["d"])]))
