@@ -92,15 +92,16 @@ def resolve_version(model_uri: str) -> tuple[str, int]:
     return name, int(version)
 
 
-def lineage_of_version(name: str, version: int) -> dict[str, Any]:
-    """The lineage.json stored with a registered version's model package."""
+def step_keys_of_version(name: str, version: int) -> dict[str, str]:
+    """The workflow step keys a registered version was made from (its `tpipe.step_keys` tag)."""
     import json
 
-    import mlflow
+    from mlflow import MlflowClient
 
-    path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/artifacts/package/lineage.json")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    tag = MlflowClient().get_model_version(name, str(version)).tags.get("tpipe.step_keys")
+    if tag is None:
+        raise ValueError(f"models:/{name}/{version} has no tpipe.step_keys tag: it was not registered by tpipe run")
+    return json.loads(tag)
 
 
 def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[str, str]]:
@@ -108,7 +109,7 @@ def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[st
     from pipeline.home import Home
     from pipeline.steps import _split_texts, raw_shards
 
-    key = lineage_of_version(name, version)["step_keys"]["prepare"]
+    key = step_keys_of_version(name, version)["prepare"]
     prepare_dir = Home.resolve().artifacts / "prepare" / key
     if not (prepare_dir / "manifest.json").exists():
         raise FileNotFoundError(

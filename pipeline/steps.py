@@ -177,6 +177,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
         "tpipe.config_hash": lineage["config_hash"],
         "tpipe.code_version": lineage["code_version"],
         "tpipe.git_commit": lineage["git_commit"] or "unknown",
+        "tpipe.step_keys": json.dumps(lineage["step_keys"], sort_keys=True),
     }
     with mlflow.start_run(run_id=train_summary["mlflow_run_id"], nested=True):
         info = log_and_register(package, cfg.registry.model_name, tags=tags)

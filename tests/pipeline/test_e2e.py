@@ -222,3 +222,43 @@ def torch_allclose(a, b) -> bool:
     import torch
 
     return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mlflow_models_serve_over_http(first_run, tmp_path):
+    """`mlflow models serve` on 127.0.0.1 serves the champion; /invocations translates over HTTP."""
+    import signal
+    import socket
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = first_run["summary"]["tracking_uri"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/tpipe-smoke@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline, "mlflow models serve did not come up"
+            time.sleep(0.5)
+        r = requests.post(f"http://127.0.0.1:{port}/invocations",
+                          json={"inputs": ["three hundred and six", "March 5, 2021"]}, timeout=120)
+        assert r.status_code == 200, r.text
+        predictions = r.json()["predictions"]
+        assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
