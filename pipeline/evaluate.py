@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 
@@ -127,8 +128,10 @@ def record_evaluation(name: str, version: int, result: dict[str, Any], *, data: 
     client = MlflowClient()
     for metric in ("bleu", "chrf", "ter", "exact_match"):
         client.set_model_version_tag(name, str(version), f"eval.{metric}", str(result[metric]))
-    nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=f"evaluate-{name}-v{version}", nested=nested) as run:
+    active = mlflow.active_run()  # the pipeline's evaluate step already runs in its own nested run
+    in_step = active is not None and mlflow.get_run(active.info.run_id).data.tags.get("tpipe.step") == "evaluate"
+    scope = nullcontext(active) if in_step else mlflow.start_run(run_name=f"evaluate-{name}-v{version}", nested=active is not None)
+    with scope as run:
         mlflow.set_tags({"tpipe.step": "evaluate", "tpipe.model_name": name, "tpipe.model_version": str(version),
                          "tpipe.eval_data": data, "sacrebleu.signature": result["signature"]["bleu"]})
         mlflow.log_metrics({f"test/{k}": float(result[k]) for k in METRICS})

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,9 @@ def run_pipeline(
             mlflow.get_run(parent_id)
         except Exception:
             parent_id = None  # the store was reset; start a new parent run
-    run = PipelineRun(cfg, steps or STEPS, home.artifacts, run_dir, on_event=printer.event, version=version)
+    run = PipelineRun(
+        cfg, steps or STEPS, home.artifacts, run_dir, on_event=printer.event, step_scope=mlflow_step_run, version=version
+    )
     try:
         with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"{cfg.run_name}-pipeline") as parent:
             parent_file.write_text(parent.info.run_id)
@@ -121,6 +124,27 @@ def run_pipeline(
     write_json(run_dir / "summary.json", summary)
     printer.summary(summary, home)
     return {"run_dir": run_dir, "results": results, "summary": summary}
+
+
+@contextmanager
+def mlflow_step_run(step: Step, key: str, state_dir: Path):
+    """A nested MLflow run around one executed step, with its lineage as tags.
+
+    Its id is kept in the step's state folder, so an interrupted step continues the same run when
+    the pipeline is re-run (training's metrics carry on in one run).
+    """
+    import mlflow
+
+    id_file = state_dir / "mlflow_run_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    with mlflow.start_run(
+        run_id=run_id, run_name=None if run_id else step.name, nested=True, log_system_metrics=step.name == "train"
+    ) as run:
+        id_file.write_text(run.info.run_id)
+        mlflow.set_tags({"tpipe.step": step.name, "tpipe.step_key": key, "tpipe.step_inputs": ",".join(step.inputs)})
+        t0 = time.perf_counter()
+        yield run
+        mlflow.log_metric(f"step/{step.name}_seconds", time.perf_counter() - t0)
 
 
 class _Printer:

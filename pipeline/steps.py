@@ -65,9 +65,11 @@ def train(ctx: StepContext) -> dict[str, Any]:
     import dataclasses
 
     import mlflow
-    import pyarrow.parquet as pq
+    from safetensors.torch import load_model
 
     from data.tokenizer import load_tokenizer
+    from model.transformer import Transformer
+    from pipeline.tracking import log_dict_params, log_training_pictures
     from pipeline.train import run_training
     from pipeline.translate import save_model_package
 
@@ -80,57 +82,46 @@ def train(ctx: StepContext) -> dict[str, Any]:
     )
     cfg = dataclasses.replace(cfg, model=model_cfg)
 
+    # A fixed validation sample for BLEU during training (greedy decoding on rank 0's schedule).
     valid_raw = _split_texts(raw_shards(ctx.input_dir("prepare")), "valid", limit=32)
-    bleu_sample = [(ids[: model_cfg.max_seq_len - 1] + [tok.eos_id], ref) for ids, ref in zip(tok.encode_batch([s for s, _ in valid_raw]), [r for _, r in valid_raw])]
+    valid_ids = tok.encode_batch([s for s, _ in valid_raw])
+    bleu_sample = [(ids[: model_cfg.max_seq_len - 1] + [tok.eos_id], ref) for ids, (_, ref) in zip(valid_ids, valid_raw)]
 
-    # One MLflow run per training, created here on the driver; its id goes to the workers. An
-    # interrupted attempt left its run id in the state folder: continue that run, not a new one.
-    run_id_file = ctx.state_dir / "mlflow_run_id"
-    run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
-    with mlflow.start_run(
-        run_id=run_id, run_name=None if run_id else "train", nested=True, log_system_metrics=True
-    ) as run:
-        run_id_file.write_text(run.info.run_id)
-        if run_id is None:
-            from pipeline.tracking import log_dict_params
-
-            log_dict_params(cfg.to_dict())
-        mlflow.set_tags({"tpipe.step": "train", "tpipe.tokenizer_fingerprint": tok.fingerprint})
-        metrics = run_training(
-            cfg,
-            tokenizer_dir=tok_dir,
-            train_shards=token_shards(ctx.input_dir("encode"), "train"),
-            valid_shards=token_shards(ctx.input_dir("encode"), "valid"),
-            bleu_sample=bleu_sample,
-            tracking_uri=mlflow.get_tracking_uri(),
-            mlflow_run_id=run.info.run_id,
-            storage_path=cfg.train.storage_path or str(ctx.run.artifacts.parent / "ray_results"),
-            name=f"train-{ctx.final_dir.name}",
-            out_dir=ctx.out_dir,
-        )
-        import torch
-        from safetensors.torch import load_model
-
-        from model.transformer import Transformer
-
-        model = Transformer(model_cfg)
-        load_model(model, str(ctx.out_dir / "model.safetensors"))
-        gen = {
-            "beam_size": cfg.eval.beam_size,
-            "length_penalty": cfg.eval.length_penalty,
-            "max_len": cfg.eval.max_len,
-            "batch_size": cfg.eval.batch_size,
-        }
-        save_model_package(ctx.out_dir / "package", model, model_cfg, gen, tok_dir)
-        (ctx.out_dir / "model.safetensors").unlink()
-        n_params = sum(p.numel() for p in model.parameters())
-        mlflow.log_metric("model/parameters", n_params)
-        from pipeline.tracking import log_training_pictures
-
-        example = (tok.encode(valid_raw[0][0]), tok.encode(valid_raw[0][1]))
-        log_training_pictures(run.info.run_id, model.eval(), tok, example, ctx.state_dir)
-        del torch, pq
-        return {"mlflow_run_id": run.info.run_id, "metrics": metrics, "parameters": n_params}
+    # One MLflow run per training, created on the driver (the step's nested run, see
+    # runner.mlflow_step_run; an interrupted attempt's run is continued); its id goes to the workers.
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("the train step runs inside an MLflow run (pipeline.runner.mlflow_step_run)")
+    if "train.max_steps" not in mlflow.get_run(run.info.run_id).data.params:
+        log_dict_params(cfg.to_dict())
+    mlflow.set_tags({"tpipe.tokenizer_fingerprint": tok.fingerprint})
+    metrics = run_training(
+        cfg,
+        tokenizer_dir=tok_dir,
+        train_shards=token_shards(ctx.input_dir("encode"), "train"),
+        valid_shards=token_shards(ctx.input_dir("encode"), "valid"),
+        bleu_sample=bleu_sample,
+        tracking_uri=mlflow.get_tracking_uri(),
+        mlflow_run_id=run.info.run_id,
+        storage_path=cfg.train.storage_path or str(ctx.run.artifacts.parent / "ray_results"),
+        name=f"train-{ctx.final_dir.name}",
+        out_dir=ctx.out_dir,
+    )
+    model = Transformer(model_cfg)
+    load_model(model, str(ctx.out_dir / "model.safetensors"))
+    generation = {
+        "beam_size": cfg.eval.beam_size,
+        "length_penalty": cfg.eval.length_penalty,
+        "max_len": cfg.eval.max_len,
+        "batch_size": cfg.eval.batch_size,
+    }
+    save_model_package(ctx.out_dir / "package", model, model_cfg, generation, tok_dir)
+    (ctx.out_dir / "model.safetensors").unlink()  # the package holds the weights now
+    n_params = model.num_parameters()
+    mlflow.log_metric("model/parameters", n_params)
+    example = (valid_ids[0], tok.encode(valid_raw[0][1]))
+    log_training_pictures(run.info.run_id, model.eval(), tok, example, ctx.state_dir)
+    return {"mlflow_run_id": run.info.run_id, "metrics": metrics, "parameters": n_params}
 
 
 def _split_texts(shards: list[str], split: str, limit: int | None = None) -> list[tuple[str, str]]:

@@ -20,6 +20,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ class PipelineRun:
     artifacts: Path
     run_dir: Path
     on_event: Callable[[str, Step, dict[str, Any]], None] = lambda event, step, info: None
+    # Wraps each executed step, e.g. in a nested MLflow run (pipeline/runner.py): (step, key, state_dir).
+    step_scope: Callable[[Step, str, Path], AbstractContextManager] = lambda step, key, state_dir: nullcontext()
     results: dict[str, StepResult] = field(default_factory=dict)
     version: str = field(default_factory=code_version)
 
@@ -135,7 +138,8 @@ class PipelineRun:
         t0 = time.perf_counter()
         ctx = StepContext(self.cfg, tmp, final, {i: self.results[i] for i in step.inputs}, state_dir, self)
         try:
-            summary = step.fn(ctx)
+            with self.step_scope(step, key, state_dir):
+                summary = step.fn(ctx)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             self._record_state(step.name, {"state": "failed", "key": key})

@@ -83,6 +83,22 @@ def test_registered_with_aliases_and_tracked(first_run):
     assert len({m.step for m in history}) == len(history)
     ev = first_run["summary"]["evaluation"]
     assert ev["n_sentences"] > 0 and 0 <= ev["candidate"]["chrf"] <= 100
+    # one parent run per pipeline run, one nested run per step, with lineage tags
+    parent_id = summary["mlflow_run_id"]
+    children = client.search_runs(
+        [train_run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert sorted(r.data.tags["tpipe.step"] for r in children) == sorted(
+        ["prepare", "tokenizer", "encode", "train", "register", "evaluate"]
+    )
+    assert all(r.data.tags["tpipe.step_key"] for r in children)
+    artifacts = {a.path for a in client.list_artifacts(train_run.info.run_id, "pictures")}
+    assert {"pictures/attention.png", "pictures/loss_curves.png"} <= artifacts
+    parent_artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"config.yaml", "data", "tokenizer", "evaluation.json"} <= parent_artifacts
+    assert "system/cpu_utilization_percentage" in train_run.data.metrics or any(
+        k.startswith("system/") for k in client.get_run(train_run.info.run_id).data.metrics
+    )
 
 
 def test_champion_loads_in_a_fresh_process(first_run):
