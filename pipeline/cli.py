@@ -141,13 +141,13 @@ def cmd_evaluate(args) -> int:
     uris = [f"models:/{name}/{version}"] + ([args.compare] if args.compare else [])
     results = []
     for uri in uris:
-        r = evaluate_pyfunc(uri, sources, refs, args.tgt_lang) if args.beam is None else _with_beam(uri, sources, refs, args)
-        results.append(r)
+        params = {"beam_size": args.beam} if args.beam else None
+        results.append(evaluate_pyfunc(uri, sources, refs, args.tgt_lang, params=params))
     run_id = record_evaluation(name, version, results[0], data=data)
     header = f"{'metric':22s}" + "".join(f"{u:>34s}" for u in uris)
     print(header)
-    for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "sentences_per_second"):
-        print(f"{k:22s}" + "".join(f"{r[k]:>34}" for r in results))
+    for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perplexity", "sentences_per_second"):
+        print(f"{k:22s}" + "".join(f"{r.get(k, '-'):>34}" for r in results))
     print(f"sentences: {len(pairs)} ({data}); evaluation run {run_id}")
     print(f"sacreBLEU {results[0]['signature']['bleu']}")
     print(f"chrF      {results[0]['signature']['chrf']}")
@@ -158,23 +158,6 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "samples"} for r in results], ensure_ascii=False))
     return 0
-
-
-def _with_beam(uri: str, sources, refs, args):
-    """Evaluate with another beam size than the model's configured decoding."""
-    import time
-
-    import mlflow
-
-    from pipeline.evaluate import score
-
-    model = mlflow.pyfunc.load_model(uri)
-    t0 = time.perf_counter()
-    hyps = list(model.predict(sources, params={"beam_size": args.beam}))
-    r = score(hyps, refs, args.tgt_lang)
-    r.update({"model_uri": uri, "sentences_per_second": round(len(sources) / max(time.perf_counter() - t0, 1e-9), 2),
-              "samples": [{"source": s, "reference": t, "hypothesis": h} for s, t, h in list(zip(sources, refs, hyps))[:20]]})
-    return r
 
 
 def cmd_submit(args) -> int:

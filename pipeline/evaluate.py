@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -46,8 +47,13 @@ def score(hypotheses: list[str], references: list[str], tgt_lang: str = "en") ->
     }
 
 
-def evaluate_pyfunc(model_uri: str, sources: list[str], references: list[str], tgt_lang: str) -> dict[str, Any]:
-    """Load a registered model through MLflow (as a user would) and score it on (sources, references)."""
+def evaluate_pyfunc(
+    model_uri: str, sources: list[str], references: list[str], tgt_lang: str, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Load a registered model through MLflow (as a user would) and score it on (sources, references).
+
+    `params` change the decoding for this evaluation, e.g. {"beam_size": 5}.
+    """
     import mlflow
 
     import warnings
@@ -58,11 +64,16 @@ def evaluate_pyfunc(model_uri: str, sources: list[str], references: list[str], t
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hyps = list(pyfunc.predict(sources))
+    hyps = list(pyfunc.predict(sources, params=params) if params else pyfunc.predict(sources))
     decode_s = time.perf_counter() - t0
     result = score(hyps, references, tgt_lang)
+    # Loss and perplexity need the network itself, not just its translations.
+    nll_sum, n_tokens = pyfunc.unwrap_python_model().translator.nll(sources, references)
+    loss = nll_sum / max(n_tokens, 1)
     result.update(
         {
+            "loss": round(loss, 5),
+            "perplexity": round(math.exp(min(loss, 50.0)), 4),
             "model_uri": model_uri,
             "load_seconds": round(load_s, 3),
             "sentences_per_second": round(len(sources) / max(decode_s, 1e-9), 2),
@@ -74,7 +85,7 @@ def evaluate_pyfunc(model_uri: str, sources: list[str], references: list[str], t
     return result
 
 
-METRICS = ("bleu", "chrf", "ter", "exact_match", "length_ratio")
+METRICS = ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perplexity")
 
 
 def resolve_version(model_uri: str) -> tuple[str, int]:

@@ -21,10 +21,8 @@ class TranslationModel(PythonModel):
         self.translator = Translator(context.artifacts["package"])
 
     def predict(self, context, model_input, params=None):
-        overrides = dict(params or {})
-        if overrides:
-            self.translator.generation.update({k: v for k, v in overrides.items() if v is not None})
-        return self.translator.translate(_sentences(model_input))
+        # params (beam_size, max_len, length_penalty) change decoding for this call only
+        return self.translator.translate(_sentences(model_input), **(params or {}))
 
 
 def _sentences(model_input) -> list[str]:

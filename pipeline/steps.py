@@ -121,6 +121,14 @@ def train(ctx: StepContext) -> dict[str, Any]:
     mlflow.log_metric("model/parameters", n_params)
     example = (valid_ids[0], tok.encode(valid_raw[0][1]))
     log_training_pictures(run.info.run_id, model.eval(), tok, example, ctx.state_dir)
+    from pipeline.translate import Translator
+
+    sample = valid_raw[:16]
+    hyps = Translator(ctx.out_dir / "package").translate([s for s, _ in sample])
+    mlflow.log_table(
+        {"source": [s for s, _ in sample], "reference": [r for _, r in sample], "translation": hyps},
+        "samples/validation_translations.json",
+    )
     return {"mlflow_run_id": run.info.run_id, "metrics": metrics, "parameters": n_params}
 
 

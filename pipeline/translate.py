@@ -73,30 +73,64 @@ class Translator:
         self.device = device
         self._torch = torch
 
-    def translate(self, sentences: list[str]) -> list[str]:
-        """Translate in batches of `generation.batch_size`, sorted by length to waste less padding."""
-        from model.generation import generate
+    def _padded(self, rows: list[list[int]]):
+        torch = self._torch
+        out = torch.full((len(rows), max(len(r) for r in rows)), self.model_cfg.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r)
+        return out.to(self.device)
+
+    def nll(self, sources: list[str], references: list[str]) -> tuple[float, int]:
+        """Teacher-forced negative log-likelihood of the references: (sum over tokens, token count).
+
+        loss = sum / count and perplexity = exp(loss), as in validation (EOS predicted, padding not).
+        """
+        import torch.nn.functional as F
 
         torch = self._torch
-        eos, pad = self.model_cfg.eos_id, self.model_cfg.pad_id
+        cfg = self.model_cfg
+        limit = cfg.max_seq_len - 1
+        src_ids = [x[:limit] + [cfg.eos_id] for x in self.tokenizer.encode_batch(sources)]
+        tgt_ids = [[cfg.bos_id] + x[: limit - 1] + [cfg.eos_id] for x in self.tokenizer.encode_batch(references)]
+        total, count = 0.0, 0
+        bs = int(self.generation.get("batch_size", 64))
+        with torch.inference_mode():
+            for start in range(0, len(src_ids), bs):
+                src = self._padded(src_ids[start : start + bs])
+                tgt = self._padded(tgt_ids[start : start + bs])
+                logits = self.model(src, tgt[:, :-1])  # (B, T-1, V)
+                labels = tgt[:, 1:]
+                total += F.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+                    ignore_index=cfg.pad_id, reduction="sum",
+                ).item()
+                count += int((labels != cfg.pad_id).sum())
+        return total, count
+
+    def translate(self, sentences: list[str], **overrides: Any) -> list[str]:
+        """Translate in batches of `generation.batch_size`, sorted by length to waste less padding.
+
+        `overrides` (beam_size, max_len, length_penalty, batch_size) apply to this call only.
+        """
+        from model.generation import generate
+
+        gen = self.generation | {k: v for k, v in overrides.items() if v is not None}
+        torch = self._torch
+        eos = self.model_cfg.eos_id
         max_src = self.model_cfg.max_seq_len - 1
         ids = [x[:max_src] + [eos] for x in self.tokenizer.encode_batch([str(s) for s in sentences])]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[str] = [""] * len(ids)
-        bs = int(self.generation.get("batch_size", 64))
+        bs = int(gen.get("batch_size", 64))
         with torch.inference_mode():
             for start in range(0, len(order), bs):
                 idx = order[start : start + bs]
-                width = max(len(ids[i]) for i in idx)
-                src = torch.full((len(idx), width), pad, dtype=torch.long)
-                for row, i in enumerate(idx):
-                    src[row, : len(ids[i])] = torch.tensor(ids[i])
                 hyps = generate(
                     self.model,
-                    src.to(self.device),
-                    max_len=int(self.generation.get("max_len", 64)),
-                    beam_size=int(self.generation.get("beam_size", 1)),
-                    length_penalty=float(self.generation.get("length_penalty", 1.0)),
+                    self._padded([ids[i] for i in idx]),
+                    max_len=int(gen.get("max_len", 64)),
+                    beam_size=int(gen.get("beam_size", 1)),
+                    length_penalty=float(gen.get("length_penalty", 1.0)),
                 )
                 for i, h in zip(idx, hyps):
                     out[i] = self.tokenizer.decode(h)
