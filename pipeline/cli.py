@@ -299,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tpipe: config error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from pipeline.tracking import TrackingUnreachable
+
+        if isinstance(e, TrackingUnreachable):
+            print(f"tpipe: {e}", file=sys.stderr)
+            return 3
+        raise
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ _PKG_ROOT = Path(pipeline.__file__).resolve().parent.parent
 def log_and_register(package_dir: Path, model_name: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Log `package_dir` as a pyfunc model in the active run and register it; alias `candidate`.
 
+    Idempotent per training run: if an interrupted attempt already registered a version from the
+    active run, that version is completed (tags, alias) instead of registering a second one.
     Returns {"version", "model_uri", "run_id"}.
     """
     import warnings
@@ -24,13 +26,22 @@ def log_and_register(package_dir: Path, model_name: str, tags: dict[str, str] | 
     from mlflow.models import infer_signature
 
     # params let callers change decoding per call: predict(texts, params={"beam_size": 5}).
+    client = MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    existing = [mv for mv in client.search_model_versions(f"name = '{model_name}'") if mv.run_id == run_id]
+    if existing:
+        mv = max(existing, key=lambda m: int(m.version))
+        for k, v in (tags or {}).items():
+            client.set_model_version_tag(model_name, mv.version, k, v)
+        client.set_registered_model_alias(model_name, CANDIDATE, mv.version)
+        return {"version": int(mv.version), "model_uri": f"models:/{model_name}/{mv.version}", "run_id": mv.run_id}
+
     signature = infer_signature(["a sentence"], ["a translation"], params={"beam_size": 1, "max_len": 64, "length_penalty": 1.0})
     with warnings.catch_warnings():
         # The signature is explicit (no type hints, no input example needed): silence MLflow's advice.
         warnings.filterwarnings("ignore", message=".*(type hints|input example).*")
         info = _log_pyfunc(package_dir, signature)
     mv = mlflow.register_model(info.model_uri, model_name, tags=tags or {})
-    client = MlflowClient()
     client.set_registered_model_alias(model_name, CANDIDATE, mv.version)
     return {"version": int(mv.version), "model_uri": f"models:/{model_name}/{mv.version}", "run_id": mv.run_id}
 

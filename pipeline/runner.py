@@ -51,7 +51,7 @@ def run_pipeline(
     """Run (or continue) the pipeline for `cfg`; returns {"run_dir", "results", "summary"}."""
     import mlflow
 
-    from pipeline.tracking import log_artifact_file, log_dict_params, setup_mlflow
+    from pipeline.tracking import check_tracking_server, log_artifact_file, log_dict_params, setup_mlflow
     from pipeline.translate import write_json
 
     printer = _Printer(quiet)
@@ -64,6 +64,7 @@ def run_pipeline(
             f"MLflow store {tracking_uri} is a local sqlite file but Ray is at {remote}; "
             "set MLFLOW_TRACKING_URI (or mlflow.tracking_uri) to a tracking server, e.g. http://HOST:5000"
         )
+    check_tracking_server(tracking_uri)  # before Ray starts or anything is written
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # Ray workers started from here inherit it
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     setup_mlflow(tracking_uri, cfg.mlflow.experiment, home)

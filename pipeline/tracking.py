@@ -10,6 +10,34 @@ from typing import Any
 from pipeline.home import Home
 
 
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking server did not answer within the bounded retries."""
+
+
+def check_tracking_server(uri: str, retries: int = 2, timeout_s: int = 10) -> None:
+    """Fail fast, before any work, when a tracking *server* does not answer.
+
+    MLflow's own client retries for minutes by default; tpipe bounds it (the MLFLOW_HTTP_REQUEST_*
+    variables, unless the user set them) so a wrong URI is a clear error, not a hang.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # connection refused, DNS, TLS, 5xx after retries, 401
+        reason = str(e).splitlines()[0][:300]
+        raise TrackingUnreachable(
+            f"MLflow tracking server {uri} did not answer after "
+            f"{os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES']} retries ({type(e).__name__}: {reason}); "
+            "start it, fix MLFLOW_TRACKING_URI, or set MLFLOW_TRACKING_USERNAME/PASSWORD"
+        ) from None
+
+
 def setup_mlflow(tracking_uri: str, experiment: str, home: Home | None = None) -> str:
     """Point MLflow at `tracking_uri` and make sure `experiment` exists; returns its id.
 

@@ -108,3 +108,22 @@ def test_config_loads_without_torch_or_ray():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_unreachable_tracking_server_is_a_clear_bounded_error(tmp_path):
+    """A tracking URI nobody answers: exit 3 with the URI in the message, before Ray or any write."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections are refused
+    env = {"PATH": "/usr/bin:/bin", "TPIPE_HOME": str(tmp_path / "home"), "HOME": str(tmp_path),
+           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "smoke"], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"MLflow tracking server http://127.0.0.1:{port} did not answer" in proc.stderr
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "home" / "artifacts").exists() and not (tmp_path / "home" / "runs").exists()
+    assert "ray: started" not in proc.stdout  # Ray was never started
