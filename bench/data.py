@@ -126,14 +126,16 @@ def loader_rate(paths: list[str], seconds: float = 8.0) -> dict:
     n = len(loader)
     t_plan = time.perf_counter() - t0
     tokens = batches = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for b in loader:
         tokens += b["src"].numel() + b["tgt"].numel()
         batches += 1
         if time.perf_counter() - t0 > seconds:
             break
-    dt = time.perf_counter() - t0
-    return {"tokens_per_s": tokens / dt, "batches_per_s": batches / dt, "plan_s": t_plan, "batches_per_epoch": n}
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    # CPU-time rate too: on a shared machine wall time also counts other people's processes
+    return {"tokens_per_s": tokens / dt, "tokens_per_cpu_s": tokens / dc, "batches_per_s": batches / dt,
+            "plan_s": t_plan, "batches_per_epoch": n}
 
 
 def model_rate(paths: list[str], preset: str, steps: int, vocab_size: int) -> float:
@@ -215,8 +217,11 @@ def main() -> None:
                 "encode_mb_s": round(mb / r["encode_s"], 2),
                 "prepare_s": round(r["prepare_s"], 2),
                 "encode_s": round(r["encode_s"], 2),
+                # the encode step without the tokenizer's own time (task time summed over tasks)
+                "encode_data_path_mb_s": round(mb / max(man["task_seconds"]["task"] - man["task_seconds"]["tokenize"], 1e-9), 2),
+                "tokenize_share": round(man["task_seconds"]["tokenize"] / man["task_seconds"]["task"], 3),
             }
-            rows.append((name, workers, mb, r["prepare_s"], r["encode_s"]))
+            rows.append((name, workers, mb, r["prepare_s"], r["encode_s"], entry[f"workers{workers}"]["tokenize_share"]))
         entry["input"], entry["kept"], entry["rejected"] = rep["input"], rep["kept"], rep["rejected"]
         entry["too_long_tokens"] = man["rejected"]["too_long_tokens"]
         entry["tokens"] = man["tokens"]
@@ -240,14 +245,15 @@ def main() -> None:
 
     result["loadavg"] = [round(x, 1) for x in os.getloadavg()]  # 1, 5, 15 minutes: other users of the CPUs
     print(f"\nData path ({result['tokenizer']} tokenizer, max_tokens {MAX_TOKENS}, machine: {os.cpu_count()} CPUs)")
-    print(f"{'corpus':<11} {'workers':>7} {'MB':>6} {'ingest MB/s':>12} {'encode MB/s':>12} {'ingest s':>9} {'encode s':>9}")
-    for name, w, mb, tp, te in rows:
-        print(f"{name:<11} {w:>7} {mb:>6.1f} {mb / tp:>12.2f} {mb / te:>12.2f} {tp:>9.2f} {te:>9.2f}")
-    print(f"\n{'corpus':<11} {'input':>9} {'kept':>9} {'dups':>8} {'pad bucketed':>13} {'pad unsorted':>13} {'loader tok/s':>13} {'plan s':>7}")
+    print(f"{'corpus':<11} {'workers':>7} {'MB':>6} {'ingest MB/s':>12} {'encode MB/s':>12} {'ingest s':>9} {'encode s':>9} {'tokenizer share':>16}")
+    for name, w, mb, tp, te, share in rows:
+        print(f"{name:<11} {w:>7} {mb:>6.1f} {mb / tp:>12.2f} {mb / te:>12.2f} {tp:>9.2f} {te:>9.2f} {share:>16.0%}")
+    print(f"\n{'corpus':<11} {'input':>9} {'kept':>9} {'dups':>8} {'pad bucketed':>13} {'pad unsorted':>13} {'loader tok/s':>13} {'tok/cpu-s':>11} {'plan s':>7}")
     for name, e in result["corpora"].items():
         print(
             f"{name:<11} {e['input']:>9} {e['kept']:>9} {e['rejected']['duplicate']:>8} {e['padding_bucketed']:>13.2%} "
-            f"{e['padding_unsorted']:>13.2%} {e['loader']['tokens_per_s']:>13,.0f} {e['loader']['plan_s']:>7.2f}"
+            f"{e['padding_unsorted']:>13.2%} {e['loader']['tokens_per_s']:>13,.0f} {e['loader']['tokens_per_cpu_s']:>11,.0f} "
+            f"{e['loader']['plan_s']:>7.2f}"
         )
     m = result["model_tokens_per_s"]
     print(f"\nmodel consumption, 1 CPU thread: tiny {m['tiny']:,.0f} tok/s, base {m['base']:,.0f} tok/s; "

@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import shutil
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -489,6 +490,8 @@ def _encode_shard(
     metadata: dict[str, str],
     tokenizer_loader: Callable[[str], Any],
 ) -> dict:
+    t_start = time.perf_counter()
+    tokenize_s = 0.0
     tok = tokenizer_loader(tokenizer_dir)
     schema = TOKEN_SCHEMA.with_metadata({f"tpipe.{k}": v for k, v in metadata.items()})
     paths = {sp: os.path.join(out_dir, sp, f"part-{shard:05d}.parquet") for sp in SPLITS}
@@ -502,8 +505,12 @@ def _encode_shard(
     try:
         pf = pq.ParquetFile(raw_path)
         for batch in pf.iter_batches(batch_size=_ENCODE_BATCH_ROWS, columns=["src", "tgt", "split"]):
-            src_arr, src_len = _ids_array(tok.encode_batch(batch.column(0).to_pylist()))
-            tgt_arr, tgt_len = _ids_array(tok.encode_batch(batch.column(1).to_pylist()))
+            srcs, tgts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+            t0 = time.perf_counter()
+            src_ids, tgt_ids = tok.encode_batch(srcs), tok.encode_batch(tgts)
+            tokenize_s += time.perf_counter() - t0
+            src_arr, src_len = _ids_array(src_ids)
+            tgt_arr, tgt_len = _ids_array(tgt_ids)
             ok = (src_len <= max_tokens_per_side) & (tgt_len <= max_tokens_per_side)
             too_long += int((~ok).sum())
             split = np.asarray(batch.column(2).to_numpy(zero_copy_only=False))
@@ -532,6 +539,7 @@ def _encode_shard(
         },
         "too_long_tokens": too_long,
         "tokens": tokens,
+        "seconds": {"task": time.perf_counter() - t_start, "tokenize": tokenize_s},
     }
 
 
@@ -599,6 +607,8 @@ def encode_shards(
         "kept": sum(s["files"][sp]["rows"] for s in shards for sp in SPLITS),
         "rejected": {"too_long_tokens": sum(s["too_long_tokens"] for s in shards)},
         "tokens": {side: sum(s["tokens"][side] for s in shards) for side in ("src", "tgt")},
+        # summed over tasks: how much of the encode step the tokenizer itself took
+        "task_seconds": {k: sum(s["seconds"][k] for s in shards if not s["reused"]) for k in ("task", "tokenize")},
         "shards": shards,
         "reused": sum(bool(s["reused"]) for s in shards),
     }

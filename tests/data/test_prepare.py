@@ -169,3 +169,40 @@ def test_encode_writes_per_split_token_shards_with_metadata(tmp_path, byte_token
     changed = encode_shards(raw, "unused", out, max_tokens_per_side=20, config_hash="other",
                             tokenizer_loader=byte_tokenizer_loader)
     assert changed["reused"] == 0
+
+
+def test_loader_reads_what_encode_wrote(tmp_path, byte_tokenizer_loader, byte_tokenizer):
+    from data.loader import TokenBatchLoader
+
+    pairs = [(f"sentence {i}", f"Satz {i}") for i in range(300)]
+    raw, out = str(tmp_path / "raw"), str(tmp_path / "tok")
+    prepare_raw_shards(DataConfig(source="files", paths=[_write_tsv(tmp_path / "c.tsv", pairs)], n_shards=2), raw, seed=0)
+    encode_shards(raw, "", out, max_tokens_per_side=50, config_hash="h", tokenizer_loader=byte_tokenizer_loader)
+    tok = byte_tokenizer
+    loader = TokenBatchLoader(token_files(out, "train"), max_tokens=256, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                              eos_id=tok.eos_id, seed=0)
+    got = set()
+    for batch in loader:
+        for src, tgt in zip(batch["src"].tolist(), batch["tgt"].tolist()):
+            assert tgt[0] == tok.bos_id
+            got.add((tok.decode(src), tok.decode(tgt)))
+    want = {(s, t) for s, t, sp in _rows(tmp_path / "raw") if sp == "train"}
+    assert got == want and len(got) > 250
+
+
+def test_gettext_catalogs_through_the_raw_step(tmp_path):
+    from data.gettext import parse_po, write_mo
+
+    po = tmp_path / "de.po"
+    po.write_text(
+        'msgid ""\nmsgstr "Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+        'msgid "Open"\nmsgstr "Öffnen"\n\n#, fuzzy\nmsgid "Close"\nmsgstr "Zu"\n\n'
+        'msgid "Quit"\nmsgstr ""\n\nmsgid "%d file"\nmsgid_plural "%d files"\nmsgstr[0] "%d Datei"\n'
+        'msgstr[1] "%d Dateien"\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "de.mo").write_bytes(write_mo(list(parse_po(po.read_bytes(), str(po)))))
+    r = prepare_raw_shards(DataConfig(source="files", paths=[str(tmp_path / "de.*")]), str(tmp_path / "o"), seed=0)
+    # .mo first (sorted glob): 3 pairs kept; the .po repeats them (duplicates), plus a fuzzy and an untranslated
+    assert r["input"] == 3 + 5 and r["kept"] == 3
+    assert r["rejected"]["fuzzy"] == 1 and r["rejected"]["empty"] == 1 and r["rejected"]["duplicate"] == 3
