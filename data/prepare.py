@@ -184,15 +184,21 @@ def clean_pair(src: bytes | str, tgt: bytes | str, cfg: DataConfig) -> str | Non
     return REJECT_REASONS[codes[0] - 1] if codes[0] else None
 
 
-def _ingest_unit(unit_d: dict, cfg_d: dict, work_dir: str, write_rejects: bool) -> dict:
-    """Stage 1 for one unit; writes work_dir/u{unit}-s{shard}.arrow partials and returns the counts."""
+def _ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool) -> dict:
+    """Stage 1 for one unit: writes unit_dir/s{shard}.arrow partials, rejects.jsonl and counts.json.
+
+    The files are written in a temporary sibling directory renamed to unit_dir at the end, so a
+    unit_dir that exists is complete and a later run can reuse it.
+    """
     unit, cfg = Unit(**unit_d), DataConfig(**cfg_d)
+    work_dir = tmp_path_for(unit_dir)
+    os.makedirs(work_dir)
     n_shards = cfg.n_shards
     writers: list[Any] = [None] * n_shards
     shard_rows = [0] * n_shards
     rejected = np.zeros(len(REJECT_REASONS) + 1, dtype=np.int64)
     n_input = 0
-    rej_path = os.path.join(work_dir, f"rejects-u{unit.index:06d}.jsonl")
+    rej_path = os.path.join(work_dir, "rejects.jsonl")
     rej_f = open(rej_path, "w", encoding="utf-8") if write_rejects else None
     split_names = pa.array(SPLITS)
 
@@ -241,8 +247,9 @@ def _ingest_unit(unit_d: dict, cfg_d: dict, work_dir: str, write_rejects: bool) 
             if not k:
                 continue
             if writers[i] is None:
-                path = os.path.join(work_dir, f"u{unit.index:06d}-s{i:05d}.arrow")
-                writers[i] = pa.ipc.new_file(path, _PARTIAL_SCHEMA)
+                path = os.path.join(work_dir, f"s{i:05d}.arrow")
+                opts = pa.ipc.IpcWriteOptions(compression="zstd")  # kept between runs: keep them small
+                writers[i] = pa.ipc.new_file(path, _PARTIAL_SCHEMA, options=opts)
             writers[i].write_batch(batch.filter(pa.array(m)) if k < len(keep) else batch)
             shard_rows[i] += k
 
@@ -259,7 +266,13 @@ def _ingest_unit(unit_d: dict, cfg_d: dict, work_dir: str, write_rejects: bool) 
     if rej_f is not None:
         rej_f.close()
     counts = {r: int(rejected[i + 1]) for i, r in enumerate(REJECT_REASONS) if rejected[i + 1]}
-    return {"unit": unit.index, "input": n_input, "rejected": counts, "shard_rows": shard_rows}
+    result = {"input": n_input, "rejected": counts, "shard_rows": shard_rows}
+    write_json_atomic(os.path.join(work_dir, "counts.json"), result)
+    try:
+        os.rename(work_dir, unit_dir)
+    except OSError:  # the same unit finished concurrently (two runs): theirs is identical
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,17 +293,20 @@ def _first_occurrences(keys: pa.Array) -> np.ndarray:
 
 
 def _write_shard(
-    shard: int, unit_ids: list[int], unit_where: dict[int, str], cfg_d: dict, work_dir: str, out_path: str, write_rejects: bool
+    shard: int, unit_dirs: list[str], unit_where: list[str], cfg_d: dict, work_dir: str, out_path: str, write_rejects: bool
 ) -> dict:
+    """Stage 2 for one shard: its partials from every unit, in input order -> dedup -> Parquet."""
     import pyarrow.compute as pc
 
     cfg = DataConfig(**cfg_d)
     tables = []
-    for u in unit_ids:
-        p = os.path.join(work_dir, f"u{u:06d}-s{shard:05d}.arrow")
+    for u, d in enumerate(unit_dirs):
+        p = os.path.join(d, f"s{shard:05d}.arrow")
         if os.path.exists(p):
             with pa.memory_map(p) as src:
-                tables.append(pa.ipc.open_file(src).read_all())
+                t = pa.ipc.open_file(src).read_all()
+            # a reused unit may have had another position in an earlier run
+            tables.append(t.set_column(4, "unit", pa.array(np.full(len(t), u, dtype=np.int32))))
     table = pa.concat_tables(tables).combine_chunks() if tables else _PARTIAL_SCHEMA.empty_table()
     keep = _first_occurrences(table.column("key").combine_chunks()) if cfg.dedup else np.ones(len(table), bool)
     n_dup = int((~keep).sum())
@@ -335,6 +351,22 @@ def _raw_fingerprint(cfg: DataConfig, seed: int, units: list[Unit]) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _unit_key(unit: Unit, cfg: DataConfig, seed: int) -> str:
+    """What a unit's stage-1 output depends on: its file(s) as they are now, its byte range, the
+    cleaning and routing settings; not its position in the input or the other files."""
+    settings = asdict(cfg)
+    for k in ("source", "paths", "valid_paths", "test_paths", "chunk_mb", "dedup", "builtin_size", "max_tokens_per_side"):
+        settings.pop(k)
+    blob = {
+        "version": FORMAT_VERSION,
+        "unit": {k: v for k, v in unit.to_dict().items() if k != "index"},
+        "files": [file_identity(p) for p in (unit.path, unit.path2) if p],
+        "settings": settings,
+        "seed": seed if unit.format == "builtin" else None,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def _outputs_intact(out_dir: str, entries: list[dict]) -> bool:
     for e in entries:
         p = os.path.join(out_dir, e["file"])
@@ -360,34 +392,46 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
             return report
 
     cfg_d = asdict(cfg)
+    # Stage-1 output is kept per unit under .units/<key>: a re-run after adding a file reads only
+    # the new file; stage 2 (cheap: Arrow in, Parquet out) always runs, since dedup is global.
+    units_dir = os.path.join(out_dir, ".units")
+    os.makedirs(units_dir, exist_ok=True)
+    unit_dirs = [os.path.join(units_dir, _unit_key(u, cfg, seed)) for u in units]
     work_dir = os.path.join(out_dir, f".work-{uuid.uuid4().hex[:12]}")
     os.makedirs(work_dir)
     try:
         ingest = ray.remote(num_cpus=1)(_ingest_unit)
-        stage1 = _get(ray, [ingest.remote(u.to_dict(), cfg_d, work_dir, cfg.write_rejects) for u in units])
-        unit_ids = [u.index for u in units]
-        unit_where = {u.index: u.where() for u in units}
+        pending = {
+            i: ingest.remote(u.to_dict(), cfg_d, unit_dirs[i], cfg.write_rejects)
+            for i, u in enumerate(units)
+            if not os.path.exists(os.path.join(unit_dirs[i], "counts.json"))
+        }
+        done = dict(zip(pending, _get(ray, list(pending.values()))))
+        stage1 = [done[i] if i in done else read_json(os.path.join(unit_dirs[i], "counts.json")) for i in range(len(units))]
+        unit_where = [u.where() for u in units]
         write = ray.remote(num_cpus=1)(_write_shard)
         shard_paths = [os.path.join(out_dir, f"shard-{i:05d}.parquet") for i in range(cfg.n_shards)]
         stage2 = _get(
             ray,
             [
-                write.remote(i, unit_ids, unit_where, cfg_d, work_dir, shard_paths[i], cfg.write_rejects)
+                write.remote(i, unit_dirs, unit_where, cfg_d, work_dir, shard_paths[i], cfg.write_rejects)
                 for i in range(cfg.n_shards)
-            ]
+            ],
         )
         rejects_file = None
         if cfg.write_rejects:
             rejects_file = "rejects.jsonl"
-            parts = [f"rejects-u{u:06d}.jsonl" for u in unit_ids] + [f"rejects-s{i:05d}.jsonl" for i in range(cfg.n_shards)]
+            parts = [os.path.join(d, "rejects.jsonl") for d in unit_dirs]
+            parts += [os.path.join(work_dir, f"rejects-s{i:05d}.jsonl") for i in range(cfg.n_shards)]
             with atomic_path(os.path.join(out_dir, rejects_file)) as tmp, open(tmp, "wb") as out:
-                for name in parts:
-                    p = os.path.join(work_dir, name)
+                for p in parts:
                     if os.path.exists(p):
                         with open(p, "rb") as f:
                             shutil.copyfileobj(f, out)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+    for name in set(os.listdir(units_dir)) - {os.path.basename(d) for d in unit_dirs}:
+        shutil.rmtree(os.path.join(units_dir, name), ignore_errors=True)  # units of inputs no longer used
 
     rejected = Counter({r: 0 for r in REJECT_REASONS})
     for r in stage1:
@@ -412,6 +456,7 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
         "rejects_file": rejects_file,
         "fingerprint": fingerprint,
         "reused": False,
+        "units_reused": len(units) - len(pending),
     }
     if report["input"] != report["kept"] + report["rejected_total"]:  # the account must balance
         raise AssertionError(f"record account does not balance: {report}")

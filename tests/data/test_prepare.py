@@ -52,7 +52,7 @@ def test_builtin_balances_and_is_deterministic(tmp_path):
     assert json.loads((tmp_path / "a" / "data_report.json").read_text())["kept"] == a["kept"]
     shard = pq.read_table(tmp_path / "a" / "shard-00000.parquet")
     assert shard.schema.names == ["src", "tgt", "split"] and str(shard.schema.field("src").type) == "string"
-    assert not [p for p in os.listdir(tmp_path / "a") if p.startswith(".")]  # no temporaries left behind
+    assert [p for p in os.listdir(tmp_path / "a") if p.startswith(".")] == [".units"]  # no temporaries left
     rows = _rows(tmp_path / "a")
     assert len(rows) == a["kept"] == len(set((s, t) for s, t, _ in rows))
 
@@ -206,3 +206,21 @@ def test_gettext_catalogs_through_the_raw_step(tmp_path):
     # .mo first (sorted glob): 3 pairs kept; the .po repeats them (duplicates), plus a fuzzy and an untranslated
     assert r["input"] == 3 + 5 and r["kept"] == 3
     assert r["rejected"]["fuzzy"] == 1 and r["rejected"]["empty"] == 1 and r["rejected"]["duplicate"] == 3
+
+
+def test_adding_a_file_reads_only_the_new_file(tmp_path):
+    a = _write_tsv(tmp_path / "a.tsv", [(f"a{i}", f"x{i}") for i in range(80)] + [("dup", "dup")])
+    b = _write_tsv(tmp_path / "b.tsv", [(f"b{i}", f"y{i}") for i in range(60)] + [("dup", "dup")])
+    kw = dict(source="files", n_shards=2, write_rejects=True)
+    first = prepare_raw_shards(DataConfig(paths=[a], **kw), str(tmp_path / "o"), seed=0)
+    assert first["units_reused"] == 0
+    grown = prepare_raw_shards(DataConfig(paths=[b, a], **kw), str(tmp_path / "o"), seed=0)
+    fresh = prepare_raw_shards(DataConfig(paths=[b, a], **kw), str(tmp_path / "fresh"), seed=0)
+    assert grown["units_reused"] == 1 and fresh["units_reused"] == 0
+    assert [s["sha256"] for s in _shards(tmp_path / "o")] == [s["sha256"] for s in _shards(tmp_path / "fresh")]
+    assert grown["rejected"]["duplicate"] == 1
+    (dup,) = [json.loads(x) for x in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
+    assert dup["file"] == a and dup["line"] == 81  # b comes first now, so a's copy is the duplicate
+    assert len(os.listdir(tmp_path / "o" / ".units")) == 2
+    prepare_raw_shards(DataConfig(paths=[b], **kw), str(tmp_path / "o"), seed=0)
+    assert len(os.listdir(tmp_path / "o" / ".units")) == 1  # a's unit is gone with a
