@@ -21,6 +21,9 @@ import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+# Pairs are packed as left * _SHIFT + right inside the merge loop (ids stay below 2**21).
+_SHIFT = 1 << 21
+
 
 def count_pairs(ids: Iterable[int]) -> dict[tuple[int, int], int]:
     """[1, 2, 3, 1, 2] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}"""
@@ -48,23 +51,28 @@ def learn_merges(
     adds no entry, as Hugging Face's trainer does, so there can be more merges than new tokens.
     Stops early when no pair is seen `min_frequency` times (the caller reports how many it found).
     """
-    token_id = {t: i for i, t in enumerate(tokens)}
     if len(tokens) >= vocab_size:
         return []
-    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    if vocab_size >= _SHIFT:
+        raise ValueError(f"vocab_size {vocab_size} is too large for the merge loop (at most {_SHIFT - 1})")
+    token_id = {t: i for i, t in enumerate(tokens)}
+    # A pair (x, y) is the int x * _SHIFT + y: cheaper to build and hash than a tuple, and ordered the
+    # same way, so the heap's "smallest pair first" is still Hugging Face's tie-break.
+    pair_counts: dict[int, int] = defaultdict(int)
     # pair -> indices of words that contain it (possibly stale: a word may have lost the pair since;
     # visiting it then finds nothing, which is cheaper than removing entries on every merge).
-    where: dict[tuple[int, int], list[int]] = defaultdict(list)
+    where: dict[int, list[int]] = defaultdict(list)
     for i, w in enumerate(words):
-        c = counts[i]
         if len(w) < 2:
             continue
-        for p in zip(w, w[1:]):
-            pair_counts[p] += c
-            where[p].append(i)
+        c = counts[i]
+        for x, y in zip(w, w[1:]):
+            q = x * _SHIFT + y
+            pair_counts[q] += c
+            where[q].append(i)
 
     # (-count, pair): the most frequent first, then the smallest (left id, right id).
-    heap = [(-c, p) for p, c in pair_counts.items() if c > 0]
+    heap = [(-c, q) for q, c in pair_counts.items() if c > 0]
     heapq.heapify(heap)
     merges: list[tuple[int, int]] = []
     while len(tokens) < vocab_size and heap:
@@ -79,56 +87,61 @@ def learn_merges(
         if true_count < min_frequency:
             break
         heapq.heappop(heap)
-        a, b = top
+        a, b = divmod(top, _SHIFT)
         merged = tokens[a] + tokens[b]
         new = token_id.get(merged)
         if new is None:
             new = token_id[merged] = len(tokens)
             tokens.append(merged)
-        merges.append(top)
+        merges.append((a, b))
         del pair_counts[top]
-        created: set[tuple[int, int]] = set()
+        new_left = new * _SHIFT
+        b_left = b * _SHIFT
+        created: set[int] = set()
+        created_add = created.add
         for i in set(where.pop(top, ())):
             w = words[i]
-            # Jump from one `a` to the next with list.index (C speed); most words hold the pair once.
-            try:
-                j = w.index(a)
-            except ValueError:
+            if a not in w:
                 continue  # stale index: the word lost every `a` since it was recorded
+            # Jump from one `a` to the next with list.index (C speed); most words hold the pair once.
+            left = w.count(a)
+            j = w.index(a)
             n = len(w)
             c = counts[i]
             out: list[int] = []
             start = 0
             while True:
+                left -= 1
                 if j + 1 < n and w[j + 1] == b:
                     if j > start:
                         out += w[start:j]
                     if out:
-                        prev = out[-1]
-                        q = (prev, a)
+                        prev = out[-1] * _SHIFT
+                        q = prev + a
                         if q != top:
                             pair_counts[q] -= c
-                        q = (prev, new)
+                        q = prev + new
                         pair_counts[q] += c
                         where[q].append(i)
-                        created.add(q)
+                        created_add(q)
                     if j + 2 < n:
                         nxt = w[j + 2]
-                        q = (b, nxt)
+                        q = b_left + nxt
                         if q != top:
                             pair_counts[q] -= c
-                        q = (new, nxt)
+                        q = new_left + nxt
                         pair_counts[q] += c
                         where[q].append(i)
-                        created.add(q)
+                        created_add(q)
                     out.append(new)
                     start = j = j + 2
+                    if a == b:
+                        left -= 1  # the pair used up two of the counted `a`s
                 else:
                     j += 1
-                try:
-                    j = w.index(a, j)
-                except ValueError:
+                if left <= 0:
                     break
+                j = w.index(a, j)
             if start:
                 if start < n:
                     out += w[start:]
@@ -138,7 +151,7 @@ def learn_merges(
             if c > 0:
                 heapq.heappush(heap, (-c, q))
         if progress is not None:
-            progress(len(merges), top, true_count)
+            progress(len(merges), (a, b), true_count)
     return merges
 
 
