@@ -141,7 +141,9 @@ def _quiet_worker_logs() -> None:
     import logging
     import warnings
 
-    for name in ("ray.train", "ray.train.v2", "lightning.pytorch", "lightning.fabric"):
+    # Ray Train configures the root logger at INFO on workers, and some of its per-report lines
+    # come from loggers outside the `ray.train` tree (named by file path), so raise the root too.
+    for name in ("", "ray.train", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
