@@ -207,11 +207,12 @@ class TokenBatchLoader:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """This rank's remaining batches of the current epoch; then the epoch advances by one."""
+        """This rank's remaining batches of the current epoch; then the epoch advances by one.
+
+        A state saved after the last batch of an epoch gives one empty pass, then the next epoch:
+        the same batches in the same order, and the epoch count stays in step with a trainer's.
+        """
         self._ensure_plan()
-        if self.position >= len(self._plan):  # a state saved after the last batch of an epoch
-            self.epoch, self.position = self.epoch + 1, 0
-            self._ensure_plan()
         loaded_pool, pool = -1, None
         while self.position < len(self._plan):
             p, pos = self._plan[self.position]

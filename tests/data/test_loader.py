@@ -168,3 +168,20 @@ def test_bucketing_keeps_padding_low(corpus):
         n = int((b["src"] != PAD).sum() + (b["tgt"] != PAD).sum())
         real, pad = real + n, pad + b["src"].numel() + b["tgt"].numel() - n
     assert pad / (real + pad) < 0.10
+
+
+def test_resume_at_an_epoch_boundary_keeps_step_with_the_trainer(corpus):
+    """As a trainer drives it: set_epoch(e) at each epoch start, a state saved after epoch 0's last batch."""
+    paths, _ = corpus
+    ref = make(paths)
+    ref.set_epoch(0)
+    n0 = len(ref)
+    e0 = [row_ids(b) for b in ref]
+    ref.set_epoch(1)
+    e1 = [row_ids(b) for b in ref]
+    resumed = make(paths)
+    resumed.load_state_dict({"epoch": 0, "position": n0})
+    resumed.set_epoch(0)  # the trainer restarts the epoch it was in
+    assert [row_ids(b) for b in resumed] == [] and len(e0) == n0
+    resumed.set_epoch(1)
+    assert [row_ids(b) for b in resumed] == e1
