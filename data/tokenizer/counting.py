@@ -37,6 +37,7 @@ class CountStats:
     invalid_utf8_lines: int = 0
     long_pretokens_cut: int = 0
     files: list[str] = field(default_factory=list)
+    peak_rss_mb: float = 0.0  # the largest peak resident memory of a process that counted
 
     def add(self, other: CountStats) -> CountStats:
         return CountStats(
@@ -45,7 +46,15 @@ class CountStats:
             self.invalid_utf8_lines + other.invalid_utf8_lines,
             self.long_pretokens_cut + other.long_pretokens_cut,
             sorted(set(self.files) | set(other.files)),
+            max(self.peak_rss_mb, other.peak_rss_mb),
         )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux reports KB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,7 @@ def count_chunk(
         else:
             key = text_to_bytes(piece)
             out[key] = out.get(key, 0) + c
+    stats.peak_rss_mb = peak_rss_mb()
     return out, stats
 
 

@@ -126,6 +126,7 @@ def train_tokenizer(
         "vocab_size_asked": cfg.vocab_size,
         "stopped_early": len(tokens) < cfg.vocab_size,
         "count_seconds": round(t_count, 3),
+        "count_peak_rss_mb": round(stats.peak_rss_mb, 1),
         "merge_seconds": round(t_merge, 3),
         "files": stats.files,
     }
