@@ -103,4 +103,4 @@ def test_mlflow_image_pins_the_client_version():
     text = (DEPLOY / "mlflow/Dockerfile").read_text()
     for pkg in re.findall(r'"([A-Za-z0-9_.\[\]-]+)==', text):
         assert pkg in ("mlflow[auth]", "psycopg2-binary", "boto3"), pkg
-    assert "ENTRYPOINT [\"mlflow\", \"server\"]" in text and "USER mlflow" in text
+    assert "ENTRYPOINT [\"mlflow\", \"server\"]" in text and "USER 1000:1000" in text
