@@ -99,18 +99,20 @@ class Rotary(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.max_len = cfg.max_seq_len
-        d = cfg.head_dim
-        theta = cfg.rope_base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (D/2,)
-        angle = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * theta  # (max_len, D/2)
-        self.register_buffer("cos", angle.cos().float(), persistent=False)
-        self.register_buffer("sin", angle.sin().float(), persistent=False)
+        self.base = cfg.rope_base
 
     def forward(self, x: Tensor, start: int = 0) -> Tensor:
         # x (B, H, T, D) holding positions start..start+T-1 -> (B, H, T, D)
         T = x.size(-2)
         _check_positions(start, T, self.max_len)
-        cos = self.cos[start : start + T].to(x.dtype)  # (T, D/2)
-        sin = self.sin[start : start + T].to(x.dtype)
+        # θ and the angles are computed here, in at least float32, rather than kept as buffers: a buffer
+        # cast to bf16 with the model (model.to(torch.bfloat16)) would shift every frequency by up to 0.4%.
+        D = x.size(-1)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        theta = self.base ** (-torch.arange(0, D, 2, device=x.device, dtype=dtype) / D)  # (D/2,)
+        pos = torch.arange(start, start + T, device=x.device, dtype=dtype)  # (T,)
+        angle = pos[:, None] * theta  # (T, D/2): m·θ_k
+        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
         x0, x1 = x[..., 0::2], x[..., 1::2]  # (B, H, T, D/2) each
         out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, H, T, D/2, 2)
         return out.flatten(-2)  # (B, H, T, D)
