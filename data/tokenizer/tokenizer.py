@@ -239,10 +239,15 @@ class BPETokenizer(Tokenizer):
             out.extend(ids)
         return out
 
+    def encode_batch(self, texts: list[str], *, num_tasks: int = 1) -> list[list[int]]:
+        if num_tasks > 1:
+            return super().encode_batch(texts, num_tasks=num_tasks)
+        return list(map(self.encode_ordinary, texts))
+
     def encode(self, text: str, *, allowed_special: set[str] | str = ()) -> list[int]:
-        allowed = self._allowed(allowed_special)
-        if not allowed:
+        if not allowed_special:
             return self.encode_ordinary(text)
+        allowed = self._allowed(allowed_special)
         out: list[int] = []
         for k, part in enumerate(split_specials(text, allowed)):
             if k % 2:
