@@ -44,7 +44,7 @@ from data.io import (
     tmp_path_for,
     write_json_atomic,
 )
-from data.sources import Unit, plan_units, read_unit
+from data.sources import Unit, plan_units, read_batches
 
 FORMAT_VERSION = 1  # bump when the bytes these steps write change, so old outputs are not reused
 SPLITS = ("train", "valid", "test")
@@ -70,7 +70,6 @@ _PARTIAL_SCHEMA = pa.schema(
         ("line", pa.int64()),
     ]
 )
-_BATCH_ROWS = 65536  # records cleaned together by Arrow kernels in stage 1
 _ENCODE_BATCH_ROWS = 8192  # also the row-group size of token shards: the loader's unit of shuffling
 
 
@@ -202,17 +201,14 @@ def _ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool) 
     rej_f = open(rej_path, "w", encoding="utf-8") if write_rejects else None
     split_names = pa.array(SPLITS)
 
-    def process(recs: list) -> None:
+    def process(lines: np.ndarray, srcs: list, tgts: list, known: list | None) -> None:
         nonlocal n_input
-        if not recs:
-            return
-        n_input += len(recs)
-        lines, srcs, tgts, known = zip(*recs)
-        codes, s_arr, t_arr = clean_batch(list(srcs), list(tgts), cfg, list(known))
+        n_input += len(lines)
+        codes, s_arr, t_arr = clean_batch(srcs, tgts, cfg, known)
         rejected[:] += np.bincount(codes, minlength=len(rejected))
         if rej_f is not None:
             for i in np.nonzero(codes)[0].tolist():
-                rec = {"reason": REJECT_REASONS[codes[i] - 1], "file": unit.where(), "line": lines[i],
+                rec = {"reason": REJECT_REASONS[codes[i] - 1], "file": unit.where(), "line": int(lines[i]),
                        "src": _as_text(srcs[i]), "tgt": _as_text(tgts[i])}
                 rej_f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         keep = np.nonzero(codes == 0)[0]
@@ -236,7 +232,7 @@ def _ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool) 
                 split,
                 pa.Array.from_buffers(pa.binary(16), len(keep), [None, pa.py_buffer(blob)]),
                 pa.array(np.full(len(keep), unit.index, dtype=np.int32)),
-                pa.array(np.asarray(lines, dtype=np.int64)[keep]),
+                pa.array(lines.astype(np.int64)[keep]),
             ],
             schema=_PARTIAL_SCHEMA,
         )
@@ -253,13 +249,8 @@ def _ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool) 
             writers[i].write_batch(batch.filter(pa.array(m)) if k < len(keep) else batch)
             shard_rows[i] += k
 
-    recs: list = []
-    for rec in read_unit(unit, cfg):
-        recs.append(rec)
-        if len(recs) >= _BATCH_ROWS:
-            process(recs)
-            recs = []
-    process(recs)
+    for lines, srcs, tgts, known in read_batches(unit, cfg):
+        process(lines, srcs, tgts, known)
     for w in writers:
         if w is not None:
             w.close()

@@ -16,11 +16,14 @@ Formats (`DataConfig.format`, or `auto` by suffix after .gz/.zst):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from data.config import DataConfig
 from data.gettext import CatalogError, entry_pairs, parse_mo, parse_po
@@ -176,13 +179,31 @@ def _all_moses(patterns: list[str], cfg: DataConfig) -> bool:
 # Readers
 
 
+BATCH_ROWS = 65536  # records a reader hands over at once; stage 1 cleans them together
+_BLOCK_BYTES = 1 << 22
+
+# (line numbers, sources, targets, reasons already known or None)
+Batch = tuple[np.ndarray, list, list, "list[str | None] | None"]
+
+
 def read_unit(unit: Unit, cfg: DataConfig) -> Iterator[Record]:
-    """Every record of one unit, in file order."""
+    """Every record of one unit, in file order, one at a time (for tests and tools)."""
+    for lines, srcs, tgts, known in read_batches(unit, cfg):
+        for i, (n, s, t) in enumerate(zip(lines.tolist(), srcs, tgts)):
+            yield n, s, t, None if known is None else known[i]
+
+
+def read_batches(unit: Unit, cfg: DataConfig) -> Iterator[Batch]:
+    """The records of one unit in file order, in batches of up to about BATCH_ROWS."""
     if unit.format == "builtin":
         from data.builtin import generate_pairs
 
-        for i, (src, tgt) in enumerate(generate_pairs(unit.end, unit.start), start=1):
-            yield i, src, tgt, None
+        pairs = generate_pairs(unit.end, unit.start)
+        first = 1
+        while chunk := list(itertools.islice(pairs, BATCH_ROWS)):
+            srcs, tgts = zip(*chunk)
+            yield np.arange(first, first + len(chunk)), list(srcs), list(tgts), None
+            first += len(chunk)
     elif unit.format == "moses":
         yield from _read_moses(unit.path, unit.path2)
     elif unit.format in LINE_FORMATS:
@@ -195,52 +216,71 @@ def read_unit(unit: Unit, cfg: DataConfig) -> Iterator[Record]:
         raise DataError(f"{unit.path}: unknown format {unit.format!r}")
 
 
-def _lines(f, start: int, end: int) -> Iterator[bytes]:
-    """Lines without their '\\n' (and a trailing '\\r') from byte `start` up to `end` (-1: EOF)."""
+def _line_blocks(f, start: int, end: int) -> Iterator[list[bytes]]:
+    """Lists of lines (without '\n' and a trailing '\r') of bytes [start, end) (-1: to EOF).
+
+    Reads 4 MB blocks and splits them in C; `start` and `end` are line starts (see line_chunks).
+    """
     if start:
         f.seek(start)
-    pos = start
-    for raw in f:
-        if end >= 0 and pos >= end:
-            break
-        pos += len(raw)
-        yield raw[:-1] if raw.endswith(b"\n") else raw
-    # a file that ends without a newline still yields its last line above; nothing else to do
+    remaining = None if end < 0 else end - start
+    tail = b""
+    while True:
+        want = _BLOCK_BYTES if remaining is None else min(_BLOCK_BYTES, remaining)
+        block = f.read(want) if want > 0 else b""
+        if remaining is not None:
+            remaining -= len(block)
+        if not block:
+            if tail:
+                yield [tail[:-1] if tail.endswith(b"\r") else tail]  # a last line without newline
+            return
+        lines = (tail + block).split(b"\n")
+        tail = lines.pop()
+        if b"\r" in block:
+            lines = [x[:-1] if x.endswith(b"\r") else x for x in lines]
+        if lines:
+            yield lines
 
 
-def _chomp(b: bytes) -> bytes:
-    return b[:-1] if b.endswith(b"\r") else b
-
-
-def _read_lines(unit: Unit, cfg: DataConfig) -> Iterator[Record]:
+def _read_lines(unit: Unit, cfg: DataConfig) -> Iterator[Batch]:
     si, ti = cfg.tsv_columns
     n_fields = None
+    first = unit.first_line
     with open_binary(unit.path) as f:
-        for lineno, raw in enumerate(_lines(f, unit.start, unit.end), start=unit.first_line):
-            raw = _chomp(raw)
+        for lines in _line_blocks(f, unit.start, unit.end):
+            numbers = np.arange(first, first + len(lines))
             if unit.format == "text":
-                yield lineno, raw, raw, None
+                yield numbers, lines, lines, None
             elif unit.format == "tsv":
-                fields = raw.split(b"\t")
+                fields = [x.split(b"\t") for x in lines]
+                counts = np.fromiter(map(len, fields), dtype=np.int64, count=len(fields))
+                blank = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)) == 0
                 if n_fields is None:
-                    n_fields = len(fields)
+                    n_fields = int(counts[~blank][0]) if (~blank).any() else None
                     need = max(si, ti) + 1 if min(si, ti) >= 0 else max(-min(si, ti), max(si, ti) + 1)
-                    if n_fields < need:
+                    if n_fields is not None and n_fields < need:
+                        k = int(np.flatnonzero(~blank)[0])
                         raise DataError(
-                            f"{unit.path} line {lineno}: {n_fields} tab-separated fields; "
+                            f"{unit.path} line {first + k}: {n_fields} tab-separated fields; "
                             f"data.tsv_columns={cfg.tsv_columns} needs at least {need}"
                         )
-                elif len(fields) != n_fields and raw:
-                    raise DataError(
-                        f"{unit.path} line {lineno}: {len(fields)} tab-separated fields, but line "
-                        f"{unit.first_line} has {n_fields} (a stray tab in a sentence?)"
-                    )
-                if not raw:
-                    yield lineno, b"", b"", None
-                else:
-                    yield lineno, fields[si], fields[ti], None
+                if n_fields is not None:
+                    wrong = np.flatnonzero((counts != n_fields) & ~blank)
+                    if len(wrong):
+                        k = int(wrong[0])
+                        raise DataError(
+                            f"{unit.path} line {first + k}: {counts[k]} tab-separated fields, but line "
+                            f"{unit.first_line} has {n_fields} (a stray tab in a sentence?)"
+                        )
+                # a blank line is a record with two empty sides
+                srcs = [x[si] if len(x) == n_fields else b"" for x in fields]
+                tgts = [x[ti] if len(x) == n_fields else b"" for x in fields]
+                yield numbers, srcs, tgts, None
             else:  # jsonl
-                yield (lineno, *_json_record(raw, unit.path, lineno, cfg), None)
+                pairs = [_json_record(x, unit.path, int(n), cfg) for x, n in zip(lines, numbers)]
+                srcs, tgts = (list(c) for c in zip(*pairs))
+                yield numbers, srcs, tgts, None
+            first += len(lines)
 
 
 def _json_record(raw: bytes, path: str, lineno: int, cfg: DataConfig) -> tuple[bytes | str, bytes | str]:
@@ -271,26 +311,31 @@ def _json_record(raw: bytes, path: str, lineno: int, cfg: DataConfig) -> tuple[b
     return out[0], out[1]
 
 
-def _read_moses(src_path: str, tgt_path: str) -> Iterator[Record]:
+def _chomp_lines(raw: list[bytes]) -> list[bytes]:
+    """Lines as a file iterator gives them -> without '\n' and a trailing '\r'."""
+    out = [x[:-1] if x.endswith(b"\n") else x for x in raw]
+    return [x[:-1] if x.endswith(b"\r") else x for x in out] if any(x.endswith(b"\r") for x in out) else out
+
+
+def _read_moses(src_path: str, tgt_path: str) -> Iterator[Batch]:
     with open_binary(src_path) as fs, open_binary(tgt_path) as ft:
-        it_s, it_t = _lines(fs, 0, -1), _lines(ft, 0, -1)
-        lineno = 0
+        first = 1
         while True:
-            s = next(it_s, None)
-            t = next(it_t, None)
-            if s is None or t is None:
-                if s is None and t is None:
-                    return
-                n_s = lineno + (s is not None) + sum(1 for _ in it_s)
-                n_t = lineno + (t is not None) + sum(1 for _ in it_t)
+            s = list(itertools.islice(fs, BATCH_ROWS))
+            t = list(itertools.islice(ft, BATCH_ROWS))
+            if len(s) != len(t):
+                n_s = first - 1 + len(s) + sum(1 for _ in fs)
+                n_t = first - 1 + len(t) + sum(1 for _ in ft)
                 raise DataError(
                     f"aligned files differ in length: {src_path} has {n_s} lines, {tgt_path} has {n_t} lines"
                 )
-            lineno += 1
-            yield lineno, _chomp(s), _chomp(t), None
+            if not s:
+                return
+            yield np.arange(first, first + len(s)), _chomp_lines(s), _chomp_lines(t), None
+            first += len(s)
 
 
-def _read_parquet(path: str, cfg: DataConfig) -> Iterator[Record]:
+def _read_parquet(path: str, cfg: DataConfig) -> Iterator[Batch]:
     import pyarrow.parquet as pq
 
     with open_binary(path) as f:
@@ -299,23 +344,28 @@ def _read_parquet(path: str, cfg: DataConfig) -> Iterator[Record]:
         for key in (cfg.src_key, cfg.tgt_key):
             if key not in names:
                 raise DataError(f"{path}: no column {key!r} (data.src_key/tgt_key); columns are {names}")
-        row = 0
-        for batch in pf.iter_batches(batch_size=65536, columns=[cfg.src_key, cfg.tgt_key]):
-            srcs = batch.column(0).to_pylist()
-            tgts = batch.column(1).to_pylist()
-            for s, t in zip(srcs, tgts):
-                row += 1
-                yield row, "" if s is None else s, "" if t is None else t, None
+        first = 1
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[cfg.src_key, cfg.tgt_key]):
+            srcs = ["" if v is None else v for v in batch.column(0).to_pylist()]
+            tgts = ["" if v is None else v for v in batch.column(1).to_pylist()]
+            yield np.arange(first, first + len(srcs)), srcs, tgts, None
+            first += len(srcs)
 
 
-def _read_catalog(path: str, fmt: str) -> Iterator[Record]:
+def _read_catalog(path: str, fmt: str) -> Iterator[Batch]:
     with open_binary(path) as f:
         data = f.read()
     try:
         entries = list(parse_po(data, path) if fmt == "po" else parse_mo(data, path))
     except CatalogError as e:
         raise DataError(str(e)) from None
+    lines, srcs, tgts, known = [], [], [], []
     for e in entries:
         reason = "invalid_utf8" if e.invalid_encoding else "fuzzy" if e.fuzzy else None
         for src, tgt in entry_pairs(e):
-            yield e.line, src, tgt, reason
+            lines.append(e.line)
+            srcs.append(src)
+            tgts.append(tgt)
+            known.append(reason)
+    if lines:
+        yield np.array(lines, dtype=np.int64), srcs, tgts, known

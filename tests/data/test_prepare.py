@@ -224,3 +224,21 @@ def test_adding_a_file_reads_only_the_new_file(tmp_path):
     assert len(os.listdir(tmp_path / "o" / ".units")) == 2
     prepare_raw_shards(DataConfig(paths=[b], **kw), str(tmp_path / "o"), seed=0)
     assert len(os.listdir(tmp_path / "o" / ".units")) == 1  # a's unit is gone with a
+
+
+def test_encode_with_the_real_tokenizer(tmp_path):
+    """The default tokenizer_loader: data.tokenizer.load_tokenizer inside each Ray task."""
+    from data.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
+
+    raw, tok_dir, out = str(tmp_path / "raw"), tmp_path / "tok", str(tmp_path / "enc")
+    prepare_raw_shards(DataConfig(builtin_size=300, n_shards=2), raw, seed=3)
+    shards = [os.path.join(raw, s["file"]) for s in _shards(tmp_path / "raw")]
+    train_tokenizer(TokenizerConfig(vocab_size=300, num_workers=1), shards).save(tok_dir)
+    tok = load_tokenizer(tok_dir)
+    m = encode_shards(raw, str(tok_dir), out, max_tokens_per_side=126, config_hash="h")
+    assert m["metadata"]["tokenizer_fingerprint"] == tok.fingerprint
+    t = pq.read_table(token_files(out, "train")[0])
+    assert t.schema.metadata[b"tpipe.tokenizer_fingerprint"] == tok.fingerprint.encode()
+    raw_train = {s for s, _, sp in _rows(tmp_path / "raw") if sp == "train"}
+    decoded = {tok.decode(ids) for ids in t.column("src_ids").to_pylist()}
+    assert decoded <= raw_train and decoded
