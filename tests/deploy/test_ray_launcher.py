@@ -43,6 +43,15 @@ def test_nothing_listens_publicly(launcher):
             assert r["CidrIp"] != "0.0.0.0/0", "SSH only from your own range"
 
 
+def test_mlflow_login_reaches_every_raylet_not_the_jobs(launcher):
+    """`ray start` reads the login from a synced file, so workers inherit it and no job carries it."""
+    assert "/home/ray/.config/tpipe/mlflow.env" in launcher["file_mounts"]
+    for cmds in (launcher["head_start_ray_commands"], launcher["worker_start_ray_commands"]):
+        start = next(c for c in cmds if "ray start" in c)
+        assert start.index(". /home/ray/.config/tpipe/mlflow.env") < start.index("ray start")
+    assert "--env TPIPE_HOME=/mnt/tpipe" in launcher["docker"]["run_options"]
+
+
 def test_images_are_pinned_to_the_project_version(launcher):
     for image in (launcher["docker"]["image"], launcher["docker"]["worker_image"]):
         assert image.rpartition(":")[2].split("-")[0].count(".") == 2, image
