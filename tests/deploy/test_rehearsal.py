@@ -250,6 +250,25 @@ def test_client_with_env_credentials_tracks_and_registers(mlflow_server, tmp_pat
     assert not any(s in mlflow_server.log.read_text(errors="replace") for s in mlflow_server.secrets())
 
 
+def test_signed_in_users_read_but_write_only_when_granted(mlflow_server):
+    """default_permission = READ (deploy/mlflow/basic_auth.ini); the grant docs/cluster.md shows."""
+    password = secrets.token_urlsafe(18)
+    r = mlflow_server.admin("POST", "/api/2.0/mlflow/users/create", json={"username": "alice", "password": password})
+    assert r.status_code == 200, r.text
+    name = "deploy-rehearsal-client"  # registered by the client test above
+
+    def as_alice(method, path, **kw):
+        return requests.request(method, mlflow_server.url + path, auth=("alice", password), timeout=60, **kw)
+
+    assert as_alice("GET", "/api/2.0/mlflow/registered-models/get", params={"name": name}).status_code == 200
+    alias = {"name": name, "alias": "reviewed", "version": "1"}
+    assert as_alice("POST", "/api/2.0/mlflow/registered-models/alias", json=alias).status_code == 403
+    grant = {"username": "alice", "resource_type": "registered_model", "resource_id": name, "permission": "EDIT"}
+    r = mlflow_server.admin("POST", "/api/3.0/mlflow/users/permissions/grant", json=grant)
+    assert r.status_code == 200, r.text
+    assert as_alice("POST", "/api/2.0/mlflow/registered-models/alias", json=alias).status_code == 200
+
+
 # --------------------------------------------------------------------------------------------
 # Second half: `tpipe submit` to a local Ray head
 
