@@ -382,6 +382,8 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
             report["reused"] = True
             return report
 
+    if os.path.exists(manifest_path):  # from here on the directory is unfinished until the new one
+        os.remove(manifest_path)
     cfg_d = asdict(cfg)
     # Stage-1 output is kept per unit under .units/<key>: a re-run after adding a file reads only
     # the new file; stage 2 (cheap: Arrow in, Parquet out) always runs, since dedup is global.
@@ -615,6 +617,8 @@ def encode_shards(
         if old.get("metadata") == metadata:
             old_by_raw = {s["raw_sha256"]: s for s in old.get("shards", [])}
 
+    if os.path.exists(manifest_path):  # unfinished until the new manifest is written
+        os.remove(manifest_path)
     encode = ray.remote(num_cpus=1)(_encode_shard)
     shards: list[dict] = [{} for _ in raw_manifest["shards"]]
     pending: dict[int, Any] = {}
