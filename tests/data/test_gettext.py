@@ -117,3 +117,38 @@ def test_truncated_mo():
     mo = write_mo([Entry("key", ["value"])])
     with pytest.raises(CatalogError, match="past the end"):
         list(parse_mo(mo[:-12], "x.mo"))
+
+
+# ---- property tests: any text survives .po and .mo ----------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _po_quote(s: str) -> str:
+    """The C-string quoting msgfmt reads: backslash, quote, newline, tab and CR escaped."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r") + '"'
+
+
+# Text without NUL (a .mo separator) and without characters a .po line split would change.
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\x04\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_text, _text, st.booleans(), st.one_of(st.none(), _text)), min_size=1, max_size=6, unique_by=lambda x: (x[3], x[0])))
+def test_po_and_mo_round_trip_any_text(entries):
+    lines = []
+    for msgid, msgstr, plural, ctx in entries:
+        if ctx is not None:
+            lines.append(f"msgctxt {_po_quote(ctx)}")
+        lines.append(f"msgid {_po_quote(msgid)}")
+        if plural:
+            lines += [f"msgid_plural {_po_quote(msgid + 's')}", f"msgstr[0] {_po_quote(msgstr)}", f"msgstr[1] {_po_quote(msgstr + '2')}"]
+        else:
+            lines.append(f"msgstr {_po_quote(msgstr)}")
+        lines.append("")
+    parsed = list(parse_po("\n".join(lines).encode(), "h.po"))
+    want = [(ctx or "", msgid, msgid + "s" if plural else "", (msgstr, msgstr + "2") if plural else (msgstr,))
+            for msgid, msgstr, plural, ctx in entries]
+    assert [key(e) for e in parsed] == want
+    assert sorted(key(e) for e in parse_mo(write_mo(parsed), "h.mo")) == sorted(want)

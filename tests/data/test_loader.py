@@ -185,3 +185,32 @@ def test_resume_at_an_epoch_boundary_keeps_step_with_the_trainer(corpus):
     assert [row_ids(b) for b in resumed] == [] and len(e0) == n0
     resumed.set_epoch(1)
     assert [row_ids(b) for b in resumed] == e1
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=4, max_size=300),
+    world_size=st.integers(1, 4),
+    max_tokens=st.integers(90, 600),
+    row_group=st.integers(1, 64),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_corpus_partitions_exactly_over_ranks(tmp_path_factory, lengths, world_size, max_tokens, row_group, seed):
+    rows = [([1000 + i] + [5] * (n - 1), [6] * m) for i, (n, m) in enumerate(lengths)]
+    path = write_token_shard(tmp_path_factory.mktemp("h") / "t.parquet", rows, row_group_size=row_group)
+    loaders = [make([path], max_tokens=max_tokens, seed=seed, rank=r, world_size=world_size, pool_rows=50)
+               for r in range(world_size)]
+    n = len(loaders[0])
+    assert all(len(x) == n for x in loaders)
+    seen = []
+    for x in loaders:
+        got = list(x)
+        assert len(got) == n
+        for b in got:
+            assert b["src"].shape[0] * (b["src"].shape[1] + b["tgt"].shape[1]) <= max_tokens
+            seen += row_ids(b)
+    assert sorted(seen) == list(range(len(rows)))
