@@ -251,7 +251,9 @@ def test_mlflow_models_serve_over_http(first_run, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     uri = first_run["summary"]["tracking_uri"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # as in an activated virtualenv: the scoring server runs `uvicorn` from the PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/tpipe-smoke@champion",
