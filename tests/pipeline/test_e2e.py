@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pipeline_testlib import tpipe_home
 
 pytestmark = pytest.mark.e2e
 
@@ -23,18 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 def home(tmp_path_factory):
     import ray
 
-    home = tmp_path_factory.mktemp("tpipe-home")
-    saved = {k: os.environ.get(k) for k in ("TPIPE_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["TPIPE_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=True)
-    yield home
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with tpipe_home(tmp_path_factory.mktemp("tpipe-home")) as home:
+        ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=True)
+        yield home
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

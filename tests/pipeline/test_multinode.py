@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from pipeline_testlib import tpipe_home
 
 pytestmark = pytest.mark.e2e
 
@@ -15,19 +15,14 @@ def two_nodes(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    home = tmp_path_factory.mktemp("home")
-    saved = {k: os.environ.get(k) for k in ("TPIPE_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["TPIPE_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_host": "127.0.0.1"})
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address)
-    cluster.wait_for_nodes()
-    yield home
-    ray.shutdown()
-    cluster.shutdown()
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with tpipe_home(tmp_path_factory.mktemp("home")) as home:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_host": "127.0.0.1"})
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        yield home
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def test_workers_spread_over_nodes_and_checkpoints_reach_shared_storage(two_nodes):
