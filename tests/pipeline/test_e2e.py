@@ -273,3 +273,19 @@ def test_mlflow_models_serve_over_http(first_run, tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
+
+
+def test_ray_task_killed_once_is_retried(first_run, tmp_path):
+    """One encode task's worker process dies (injected); Ray retries the task and the run succeeds
+    with the same token shards as the uninterrupted run."""
+    home, inject = tmp_path / "home", tmp_path / "inject"
+    inject.mkdir()
+    env = {**os.environ, "TPIPE_HOME": str(home), "TPIPE_INJECT_TASK_KILL": "encode", "TPIPE_INJECT_DIR": str(inject)}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "smoke", "--until", "encode"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (inject / "killed-encode").exists(), "the injected failure did not fire"
+    key = first_run["results"]["encode"].key
+    ours = json.loads((home / "artifacts" / "encode" / key / "manifest.json").read_text())
+    ref = json.loads((first_run["results"]["encode"].out_dir / "manifest.json").read_text())
+    assert ours["splits"] == ref["splits"]
