@@ -1,8 +1,9 @@
 """`tpipe submit` and `tpipe jobs`: the pipeline as a Ray job on a cluster (job submission SDK).
 
-The job's runtime_env carries this repository as its working directory and the environment the
-driver needs (MLflow tracking URI and credentials). Credentials travel only as environment
-variables: never in the entrypoint, a config file, or an MLflow param.
+The job's runtime_env carries this repository as its working directory and the non-secret
+environment the driver needs (the MLflow tracking URI, network settings). Credentials never travel
+with the job: Ray's runtime_env agent logs a job's env_vars, so the cluster holds the MLflow login
+itself (a Kubernetes Secret or an env file read by `ray start`; see docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Never uploaded: environments, run stores and data (Ray caps a working_dir's size).
 EXCLUDES = [".venv", ".git", ".tpipe", "mlruns", "mlartifacts", "mlflow.db", "*.parquet", "__pycache__",
             ".pytest_cache", ".hypothesis", "*.egg-info", ".whl", ".gl"]
-# Forwarded to the job when set here; the values never appear in anything tpipe prints or logs.
-FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-                 "MLFLOW_S3_ENDPOINT_URL", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+# Forwarded to the job when set here: settings only, no secrets.
+FORWARDED_ENV = ("AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+# Never forwarded (they would land in Ray's logs); the cluster must hold its own.
+SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -62,6 +64,10 @@ def submit(address: str, items: list[str], *, tracking_uri: str | None = None, r
     if "TPIPE_HOME" in os.environ and _is_loopback(address):
         env["TPIPE_HOME"] = os.environ["TPIPE_HOME"]
     env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    held_here = [k for k in SECRET_ENV if k in os.environ]
+    if held_here:
+        print(f"tpipe: not sending {', '.join(held_here)} with the job (Ray logs a job's environment); "
+              "the cluster uses its own credentials", file=sys.stderr)
     entrypoint = " ".join(["python", "-m", "pipeline.cli", "run", *map(shlex.quote, items), *map(shlex.quote, run_args)])
     return client(address).submit_job(
         entrypoint=entrypoint,
