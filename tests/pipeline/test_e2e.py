@@ -289,3 +289,21 @@ def test_ray_task_killed_once_is_retried(first_run, tmp_path):
     ours = json.loads((home / "artifacts" / "encode" / key / "manifest.json").read_text())
     ref = json.loads((first_run["results"]["encode"].out_dir / "manifest.json").read_text())
     assert ours["splits"] == ref["splits"]
+
+
+def test_tpipe_evaluate_reproduces_the_pipelines_scores(first_run):
+    """`tpipe evaluate models:/NAME/VERSION --split test` in a fresh process: the same test set, the
+    same scores as the pipeline's own evaluation step; it logs its own evaluation run."""
+    env = {**os.environ, "TPIPE_HOME": os.environ["TPIPE_HOME"]}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "models:/tpipe-smoke/1", "--split", "test",
+                           "--compare", "models:/tpipe-smoke@champion", "--json"],
+                          cwd="/", env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sacreBLEU nrefs:1|case:mixed|eff:no|tok:zh" in proc.stdout
+    ours, champion = json.loads(proc.stdout.strip().splitlines()[-1])
+    pipeline_scores = first_run["summary"]["evaluation"]["candidate"]
+    for metric in ("bleu", "chrf", "ter", "exact_match", "length_ratio"):
+        assert ours[metric] == pipeline_scores[metric], metric
+        assert champion[metric] == ours[metric]  # v1 is the champion
+    assert ours["n_sentences"] == first_run["summary"]["evaluation"]["n_sentences"]
