@@ -56,12 +56,12 @@ def copy_reverse_batch(n: int, task: str, g: torch.Generator, n_symbols: int = 8
     return src, tgt_in, tgt_out
 
 
-def train_steps(model, task: str, steps: int, lr: float, batch_size: int, g: torch.Generator, **batch_kw):
+def train_steps(model, task: str, steps: int, lr: float, batch_size: int, g: torch.Generator, clip: float = 1.0, warmup: int = 0, **batch_kw):
     """A plain AdamW loop with linear warmup then linear decay to 0; yields (step, loss) every step."""
     import torch.nn.functional as F
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    warmup = max(steps // 10, 1)
+    warmup = warmup or max(steps // 10, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, max(0.0, 1 - s / steps)))
     model.train()
     for step in range(1, steps + 1):
@@ -70,7 +70,7 @@ def train_steps(model, task: str, steps: int, lr: float, batch_size: int, g: tor
         loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         sched.step()
         yield step, loss.item()
