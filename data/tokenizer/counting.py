@@ -15,6 +15,7 @@ other) and the line is counted in `invalid_utf8_lines`, never a crash.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
@@ -38,6 +39,7 @@ class CountStats:
     long_pretokens_cut: int = 0
     files: list[str] = field(default_factory=list)
     peak_rss_mb: float = 0.0  # the largest peak resident memory of a process that counted
+    cpu_seconds: float = 0.0  # CPU time spent counting, all tasks together
 
     def add(self, other: CountStats) -> CountStats:
         return CountStats(
@@ -47,6 +49,7 @@ class CountStats:
             self.long_pretokens_cut + other.long_pretokens_cut,
             sorted(set(self.files) | set(other.files)),
             max(self.peak_rss_mb, other.peak_rss_mb),
+            self.cpu_seconds + other.cpu_seconds,
         )
 
 
@@ -187,6 +190,7 @@ def count_chunk(
     chunk: Chunk, pattern: str, specials: tuple[str, ...], max_chars: int, reader: Reader
 ) -> tuple[dict[bytes, int], CountStats]:
     """Pre-token counts of one chunk, keyed by bytes. Runs in-process or as a Ray task."""
+    cpu0 = time.process_time()
     stats = CountStats(files=[chunk.path])
     findall = compiled(pattern).findall
     splitter = special_splitter(specials)
@@ -207,6 +211,7 @@ def count_chunk(
             key = text_to_bytes(piece)
             out[key] = out.get(key, 0) + c
     stats.peak_rss_mb = peak_rss_mb()
+    stats.cpu_seconds = time.process_time() - cpu0
     return out, stats
 
 

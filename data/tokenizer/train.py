@@ -105,9 +105,9 @@ def train_tokenizer(
         words = [[sym_id[c] for c in t[:-1]] + [sym_id[t[-1] + END_OF_WORD]] for t in texts]
     del keys
     tokens = list(base)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     merges_ids = learn_merges(words, word_counts, tokens, cfg.vocab_size, cfg.min_frequency)
-    t_merge = time.perf_counter() - t1
+    t_merge, c_merge = time.perf_counter() - t1, time.process_time() - c1
     del words
     if len(tokens) < cfg.vocab_size:
         log.warning(
@@ -127,6 +127,8 @@ def train_tokenizer(
         "stopped_early": len(tokens) < cfg.vocab_size,
         "count_seconds": round(t_count, 3),
         "count_peak_rss_mb": round(stats.peak_rss_mb, 1),
+        "count_cpu_seconds": round(stats.cpu_seconds, 3),
+        "merge_cpu_seconds": round(c_merge, 3),
         "merge_seconds": round(t_merge, 3),
         "files": stats.files,
     }
