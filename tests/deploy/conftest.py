@@ -9,8 +9,6 @@ import pytest
 
 from deploy_testlib import SCHEMAS
 
-POD_TEMPLATE_MARKER = "x-tpipe-pod-template"
-
 
 def strict(schema: Any) -> Any:
     """Refuse unknown fields where the CRD lists its fields, as the API server's strict field

@@ -20,6 +20,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
+# Where schemas/vendor_kuberay.py cut an embedded pod template out of KubeRay's CRD schemas.
+POD_TEMPLATE_MARKER = "x-tpipe-pod-template"
 
 # Every Kubernetes manifest we ship; the tests also assert this list covers deploy/**.yaml.
 K8S_MANIFESTS = sorted(

@@ -14,10 +14,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from conftest import POD_TEMPLATE_MARKER
 from deploy_testlib import (
     DEPLOY,
     K8S_MANIFESTS,
+    POD_TEMPLATE_MARKER,
     REPO,
     SECRET_NAME,
     constraints,
