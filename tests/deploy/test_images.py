@@ -61,8 +61,13 @@ def test_both_images_run_the_tested_python_torch_and_ray():
     torch_versions = {dockerfile_args(DOCKERFILES[f])["TORCH_VERSION"] for f in FLAVORS}
     assert torch_versions == {metadata.version("torch").split("+")[0]}
     pins = constraints()
-    for dist in ("ray", "mlflow", "lightning", "pyarrow", "sentencepiece"):
-        assert pins[dist] == metadata.version(dist), f"constraints.txt {dist} != the tested {dist}"
+    # Ray: a laptop's `tpipe submit` and the cluster; MLflow: the client and the server image.
+    # (Other pins may trail the dev environment; bash deploy/docker/freeze-constraints.sh refreshes.)
+    for dist in ("ray", "mlflow"):
+        assert pins[dist] == metadata.version(dist), (
+            f"constraints.txt has {dist}=={pins[dist]}, the tests ran {metadata.version(dist)}: "
+            "run bash deploy/docker/freeze-constraints.sh"
+        )
     assert "torch" not in pins, "torch is pinned in the Dockerfiles (CPU and CUDA builds differ)"
 
 
@@ -73,7 +78,9 @@ def test_every_project_dependency_is_constrained():
     pins = constraints()
     for dep in deps:
         name = re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower().replace("_", "-")
-        assert name == "torch" or name in pins, f"{name} is not pinned in deploy/docker/constraints.txt"
+        assert name == "torch" or name in pins, (
+            f"{name} is not pinned in deploy/docker/constraints.txt: run bash deploy/docker/freeze-constraints.sh"
+        )
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
