@@ -10,7 +10,8 @@ it) whose processes hold the pipeline's MLflow login in their environment (as th
 from the Secret tpipe-mlflow-client); the smoke pipeline sent with `tpipe submit --follow` from a
 shell that has only the tracking URI and the Ray token; its model registered on that server, and
 again no credential in a param, tag, artifact, job record or log, Ray's own logs included.
-A last test shows why credentials must not travel in a job's runtime_env: Ray logs it.
+A last test checks that credentials in the submitting shell do not travel in a job's runtime_env,
+which Ray logs.
 """
 
 from __future__ import annotations
@@ -366,14 +367,12 @@ FORWARD_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _tpipe_submit_available(), reason="tpipe submit not available yet")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="tpipe submit forwards MLFLOW_TRACKING_PASSWORD in the job's runtime_env (pipeline/submit.py "
-    "FORWARDED_ENV), and Ray's runtime_env_agent.log records runtime_env env_vars at INFO",
-)
-def test_credentials_forwarded_by_tpipe_submit_stay_out_of_rays_logs(mlflow_server, ray_head, tmp_path):
-    """Runs after the test above (same Ray session): a submitting shell that also holds the login."""
+def test_credentials_held_by_the_submitting_shell_stay_out_of_rays_logs(mlflow_server, ray_head, tmp_path):
+    """Runs after the test above (same Ray session): a submitting shell that also holds the login.
+
+    Ray's runtime_env agent logs a job's env_vars at INFO, so tpipe submit must not send them
+    (pipeline/submit.py SECRET_ENV); the job uses the cluster's own login and still succeeds.
+    """
     env = submit_env(mlflow_server, ray_head, tmp_path / "home", MLFLOW_TRACKING_USERNAME=CLIENT_USER,
                      MLFLOW_TRACKING_PASSWORD=mlflow_server.client_password)
     proc = subprocess.run([sys.executable, "-c", FORWARD_SCRIPT, ray_head.address], env=env, cwd=REPO,
