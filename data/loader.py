@@ -67,7 +67,8 @@ class TokenBatchLoader:
         self.epoch, self.position = 0, 0
         self._files: dict[int, pq.ParquetFile] = {}
 
-        # Row groups as (file, row group, first global row, rows); lengths of every row.
+        # Row groups as (file, row group, first global row, rows); lengths of every row, 2 bytes
+        # each when they fit: with this rank's plan, the only per-row state kept (the corpus is not).
         units, src_len, tgt_len, start = [], [], [], 0
         for f, path in enumerate(self.paths):
             pf = pq.ParquetFile(path)
@@ -80,39 +81,31 @@ class TokenBatchLoader:
                     units.append((f, g, start, n))
                     start += n
             lens = pf.read(columns=["src_len", "tgt_len"])
-            src_len.append(lens.column("src_len").to_numpy())
-            tgt_len.append(lens.column("tgt_len").to_numpy())
+            sl, tl = lens.column("src_len").to_numpy(), lens.column("tgt_len").to_numpy()
+            if len(sl):
+                cost = (sl.astype(np.int64) + 1) + (tl.astype(np.int64) + 2)
+                worst = int(np.argmax(cost))
+                if cost[worst] > max_tokens:
+                    raise ValueError(
+                        f"row {worst} of {path} needs {cost[worst]} tokens (src_len {sl[worst]} + 1, "
+                        f"tgt_len {tl[worst]} + 2) but max_tokens is {max_tokens}"
+                    )
+            small = max(int(sl.max(initial=0)), int(tl.max(initial=0))) < np.iinfo(np.uint16).max
+            src_len.append(sl.astype(np.uint16) if small else sl)
+            tgt_len.append(tl.astype(np.uint16) if small else tl)
+            del lens, sl, tl
         self._units = np.array(units, dtype=np.int64).reshape(-1, 4)
-        src_all, tgt_all = np.concatenate(src_len), np.concatenate(tgt_len)
-        # 2 bytes a length when they fit: the only per-row state kept besides this rank's plan
-        small = max(int(src_all.max(initial=0)), int(tgt_all.max(initial=0))) < np.iinfo(np.uint16).max - 2
-        self._src_len = src_all.astype(np.uint16 if small else np.int32)
-        self._tgt_len = tgt_all.astype(np.uint16 if small else np.int32)
-        del src_all, tgt_all
+        self._src_len, self._tgt_len = np.concatenate(src_len), np.concatenate(tgt_len)  # int32 if any file needs it
+        del src_len, tgt_len
         self.n_rows = len(self._src_len)
         if self.n_rows < world_size:
             raise ValueError(f"{self.n_rows} rows cannot give each of {world_size} ranks a batch")
-        cost = (self._src_len.astype(np.int64) + 1) + (self._tgt_len.astype(np.int64) + 2)
-        worst = int(np.argmax(cost))
-        if cost[worst] > max_tokens:
-            f, row = self._locate(worst)
-            raise ValueError(
-                f"row {row} of {self.paths[f]} needs {cost[worst]} tokens (src_len {self._src_len[worst]} + 1, "
-                f"tgt_len {self._tgt_len[worst]} + 2) but max_tokens is {max_tokens}"
-            )
         self._plan_epoch: int | None = None
         self._plan: list[tuple[int, np.ndarray]] = []  # this rank's (pool, positions in the pool) per batch
         self._pools: list[np.ndarray] = []  # unit ids of each pool
 
     # ----------------------------------------------------------------------------------------
     # The plan
-
-    def _locate(self, row: int) -> tuple[int, int]:
-        """Global row -> (file index, row within the file)."""
-        u = int(np.searchsorted(self._units[:, 2], row, side="right") - 1)
-        f = int(self._units[u, 0])
-        first_of_file = int(self._units[self._units[:, 0] == f][0, 2])
-        return f, row - first_of_file
 
     def _pool_rows(self, units: np.ndarray) -> np.ndarray:
         """Global row ids of a pool, in the order its row groups are read."""
