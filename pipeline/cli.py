@@ -168,7 +168,7 @@ def cmd_submit(args) -> int:
     if not address:
         raise SystemExit("tpipe: give --address http://HEAD:8265 (or set RAY_ADDRESS)")
     try:
-        job_id = submit(address, args.items)
+        job_id = submit(address, args.items, tracking_uri=args.tracking_uri)
     except SubmitError as e:
         print(f"tpipe: {e}", file=sys.stderr)
         return 2
@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
     sb.add_argument("--address", default=None, help="the cluster's job API, e.g. http://127.0.0.1:8265 (default $RAY_ADDRESS)")
     sb.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 1 unless it succeeded")
+    sb.add_argument("--tracking-uri", default=None,
+                    help="the MLflow server as the cluster reaches it, e.g. http://mlflow:5000 when this shell "
+                         "reaches it through a port-forward (default: $MLFLOW_TRACKING_URI)")
     sb.set_defaults(func=cmd_submit)
 
     j = sub.add_parser("jobs", help="list, inspect, read or stop submitted jobs")

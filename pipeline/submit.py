@@ -61,7 +61,8 @@ def submit(address: str, items: list[str], *, tracking_uri: str | None = None, r
     """Submit `tpipe run ITEMS` as a Ray job; returns the submission id."""
     uri = tracking_uri_for_cluster(address, tracking_uri)
     env = {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    if "TPIPE_HOME" in os.environ and _is_loopback(address):
+    local_store = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+    if local_store and "TPIPE_HOME" in os.environ:  # the cluster is this machine: share its home
         env["TPIPE_HOME"] = os.environ["TPIPE_HOME"]
     env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
     held_here = [k for k in SECRET_ENV if k in os.environ]
