@@ -44,8 +44,8 @@ class Unit:
     format: str  # builtin | moses | tsv | jsonl | parquet | text | po | mo
     path: str = ""  # the file (the source side for moses)
     path2: str = ""  # the target side for moses
-    start: int = 0  # byte range [start, end) of a line file; end -1: to the end
-    end: int = -1
+    start: int = 0  # byte range [start, end) of a line file; end -1: to the end (builtin: the seed)
+    end: int = -1  # (builtin: the number of pairs)
     first_line: int = 1  # line number of the byte at `start`
     split: str = ""  # "" (hash-assigned) or a forced split for valid_paths / test_paths
 
