@@ -7,8 +7,10 @@
 
 Prints a table, then one JSON object as the last line.
 
-    .venv/bin/python bench/model.py                     # tiny preset, ~1-2 min on 2 busy cores
+    .venv/bin/python bench/model.py                     # tiny preset, ~30 s on one busy core
     .venv/bin/python bench/model.py --preset base --reps 3
+    python3 bench/model.py gpu --presets base,big       # on a GPU (what bench/gpu.sh runs): bf16 training
+                                                        # tokens/s, MFU, which attention kernel ran
 
 Timings interleave the two contenders (A B A B ...) and report medians, so that load from other
 processes on a shared machine hits both alike.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -229,5 +232,254 @@ def main() -> None:
     print(json.dumps(result))
 
 
+# --------------------------------------------------------------------------------------------
+# GPU: bf16 training throughput and model FLOPs utilisation
+
+
+# Dense bf16 tensor-core peaks by datasheet (FLOP/s), matched against torch.cuda.get_device_name().
+PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12)]
+
+
+def train_flops_per_step(cfg: ModelConfig, B: int, S: int, T: int) -> float:
+    """Model FLOPs of one training step (forward + backward = 3 × forward, 2 FLOPs per multiply-add).
+
+    Counts every matmul: projections, FFN, lm_head, and attention scores/values (the causal decoder
+    self-attention at half, the work it needs). Embedding lookups, norms and softmax are not counted.
+    """
+    d, V, f = cfg.d_model, cfg.vocab_size, cfg.d_ff * (3 if cfg.ffn == "swiglu" else 2)
+    enc_per_src = cfg.n_encoder_layers * (4 * d * d + f * d + 2 * S * d)  # q,k,v,o + FFN + QKᵀ, AV
+    cross_kv_per_src = cfg.n_decoder_layers * 2 * d * d  # cross-attention K, V of memory
+    dec_per_tgt = cfg.n_decoder_layers * (4 * d * d + 2 * d * d + f * d + T * d + 2 * S * d) + d * V
+    macs = B * (S * (enc_per_src + cross_kv_per_src) + T * dec_per_tgt)
+    return 6.0 * macs
+
+
+def _attention_kernels(prof) -> dict[str, int]:
+    """Count the SDPA kernels a profile saw, by family, from their CUDA kernel names."""
+    families = {"flash": 0, "mem_efficient": 0, "cudnn": 0}
+    for evt in prof.key_averages():
+        name = evt.key.lower()
+        if "flash" in name and ("fwd" in name or "bwd" in name or "kernel" in name):
+            families["flash"] += evt.count
+        elif "fmha" in name or "efficient_attention" in name or "cutlassf" in name or "cutlassb" in name:
+            families["mem_efficient"] += evt.count
+        elif "cudnn" in name and ("sdpa" in name or "attn" in name or "fmha" in name or "flash" in name):
+            families["cudnn"] += evt.count
+    return families
+
+
+def gpu_main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="bench/model.py gpu")
+    ap.add_argument("--presets", default="base,big")
+    ap.add_argument("--vocab", type=int, default=32768)
+    ap.add_argument("--batch", type=int, default=128, help="sentences per step")
+    ap.add_argument("--src-len", type=int, default=128)
+    ap.add_argument("--tgt-len", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--compile", default="big", help="presets to also time under torch.compile ('' for none)")
+    ap.add_argument("--budget-s", type=float, default=400.0, help="skip what would start after this")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/model.py gpu: torch sees no CUDA device (torch.cuda.is_available() is False)")
+    dev = torch.device("cuda")
+    name = torch.cuda.get_device_name()
+    peak = next((p for key, p in PEAK_BF16 if key in name), None)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    result: dict = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "peak_bf16_flops": peak}
+    checks: dict[str, str] = {}
+    rows: list[tuple] = []
+
+    # The card's matmul ceiling as measured now (MFU is quoted against the datasheet peak; this is context).
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(10):
+        a @ b
+    e1.record()
+    torch.cuda.synchronize()
+    result["matmul_8192_bf16_flops"] = 10 * 2 * 8192**3 / (e0.elapsed_time(e1) / 1e3)
+    del a, b
+
+    # Self-checks on the GPU: bf16 ≈ fp32, KV-cached decoding = recomputation. A crash here is
+    # recorded as a failed check; the throughput runs still happen.
+    try:
+        _gpu_checks(dev, checks)
+    except Exception as e:  # noqa: BLE001
+        checks["self_checks"] = f"FAIL: {type(e).__name__}: {e}"[:300]
+
+    compile_presets = {p for p in args.compile.split(",") if p}
+    runs = [(p, False) for p in args.presets.split(",")] + [(p, True) for p in args.presets.split(",") if p in compile_presets]
+    result["runs"] = []
+    for preset, compiled in runs:
+        label = f"{preset}{' compiled' if compiled else ''}"
+        if time.perf_counter() - t_start > args.budget_s:
+            result["runs"].append({"preset": preset, "compiled": compiled, "skipped": "time budget"})
+            rows.append((label, "skipped (time budget)"))
+            continue
+        B = args.batch
+        while True:
+            try:
+                run = _gpu_train(preset, compiled, B, args, dev, peak)
+                break
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if B <= 8:
+                    run = {"preset": preset, "compiled": compiled, "error": "out of memory at batch 8"}
+                    break
+                B //= 2
+            except Exception as e:  # noqa: BLE001 - a failed variant must not hide the others' numbers
+                run = {"preset": preset, "compiled": compiled, "error": f"{type(e).__name__}: {e}"[:500]}
+                break
+        torch.cuda.empty_cache()
+        result["runs"].append(run)
+        if "error" in run:
+            rows.append((label, f"ERROR {run['error'][:90]}"))
+        else:
+            mfu = f"{run['mfu']:.1%}" if run["mfu"] is not None else "n/a"
+            rows.append(
+                (
+                    label,
+                    f"{run['tokens_per_s']:>10,.0f} tok/s  {run['model_tflops']:6.1f} TFLOP/s  MFU {mfu:>6}  "
+                    f"{run['params'] / 1e6:6.1f} M params  batch {run['batch']}x({run['src_len']}+{run['tgt_len']})  "
+                    f"attn {run['attention_kernels']}  loss {run['loss_first']:.2f}->{run['loss_last']:.2f}"
+                    + (f"  compile {run['compile_s']:.0f}s" if compiled else "")
+                )
+            )
+    result["checks"] = checks
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    print(f"tpipe GPU bench: {name}, torch {torch.__version__} (CUDA {torch.version.cuda}), bf16 autocast, AdamW fused")
+    print(f"measured 8192^3 bf16 matmul: {result['matmul_8192_bf16_flops'] / 1e12:.0f} TFLOP/s; MFU below is against "
+          f"the datasheet peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
+    for k, v in checks.items():
+        print(f"check {k}: {v}")
+    for label, text in rows:
+        print(f"{label:<14} {text}")
+    out = json.dumps(result)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_bench.json").write_text(out + "\n")
+    print(out)
+    if any("FAIL" in v for v in checks.values()) or any("error" in r for r in result["runs"]):
+        raise SystemExit(1)
+
+
+def _gpu_checks(dev: torch.device, checks: dict[str, str]) -> None:
+    # True fp32 matmuls for the references: TF32 alone would differ between cached and full decoding.
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _gpu_checks_fp32(dev, checks)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _gpu_checks_fp32(dev: torch.device, checks: dict[str, str]) -> None:
+    torch.manual_seed(0)
+    small = ModelConfig.from_name("tiny", vocab_size=1000, dropout=0.0)
+    m = Transformer(small).to(dev).eval()
+    src = torch.randint(3, 1000, (8, 20), device=dev)
+    src[0, 12:] = PAD
+    tgt = torch.randint(3, 1000, (8, 16), device=dev)
+    with torch.no_grad():
+        ref32 = m(src, tgt).double()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out16 = m(src, tgt).double()
+    rel = float((out16 - ref32).norm() / ref32.norm())
+    checks["bf16_vs_fp32_rel_err"] = f"{rel:.2e} ({'ok' if rel < 3e-2 else 'FAIL'})"
+    trace_c, trace_f = [], []
+    from model.generation import greedy_search
+
+    out_c = greedy_search(m, src, max_len=24, use_cache=True, trace=trace_c)
+    out_f = greedy_search(m, src, max_len=24, use_cache=False, trace=trace_f)
+    diff = max(float((x - y).abs().max()) for x, y in zip(trace_c, trace_f))
+    same = out_c == out_f and diff < 1e-3
+    checks["kv_cache_equals_recompute_cuda"] = f"max |Δlogit| {diff:.1e} ({'ok' if same else 'FAIL'})"
+
+
+def _gpu_train(preset: str, compiled: bool, B: int, args, dev, peak) -> dict:
+    S, T = args.src_len, args.tgt_len
+    cfg = ModelConfig.from_name(preset, vocab_size=args.vocab, max_seq_len=max(S, T))
+    torch.manual_seed(0)
+    model = Transformer(cfg).to(dev).train()
+    params = model.num_parameters()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), fused=True)
+    fwd = torch.compile(model) if compiled else model
+    g = torch.Generator(device=dev).manual_seed(0)
+    # Full-length sequences: every token is real, so tokens/s counts no padding.
+    src = torch.randint(3, cfg.vocab_size, (B, S), device=dev, generator=g)
+    tgt = torch.randint(3, cfg.vocab_size, (B, T + 1), device=dev, generator=g)
+    tgt[:, 0] = BOS
+    tgt_in, labels = tgt[:, :-1], tgt[:, 1:]
+
+    def step() -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = fwd(src, tgt_in)  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    t0 = time.perf_counter()
+    losses = [step()]
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup - 1):
+        losses.append(step())
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    e0.record()
+    for _ in range(args.steps):
+        losses.append(step())
+    e1.record()
+    torch.cuda.synchronize()
+    sec = e0.elapsed_time(e1) / 1e3 / args.steps
+    loss_values = [float(x) for x in losses]
+    if not all(math.isfinite(x) for x in loss_values):
+        raise RuntimeError(f"non-finite loss in {preset}: {loss_values}")
+    kernels = "unknown"
+    if not compiled:
+        try:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                step()
+                torch.cuda.synchronize()
+            fam = _attention_kernels(prof)
+            kernels = ",".join(f"{k}:{v}" for k, v in fam.items() if v) or "math (no fused kernel seen)"
+        except Exception as e:  # noqa: BLE001 - the profiler is a nicety; the timing stands without it
+            kernels = f"profiler failed: {type(e).__name__}"
+    flops = train_flops_per_step(cfg, B, S, T)
+    run = {
+        "preset": preset,
+        "compiled": compiled,
+        "params": params,
+        "batch": B,
+        "src_len": S,
+        "tgt_len": T,
+        "step_s": sec,
+        "tokens_per_s": B * (S + T) / sec,
+        "target_tokens_per_s": B * T / sec,
+        "model_tflops": flops / sec / 1e12,
+        "mfu": flops / sec / peak if peak else None,
+        "attention_kernels": kernels,
+        "loss_first": loss_values[0],
+        "loss_last": loss_values[-1],
+        "compile_s": compile_s,
+        "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+    del model, opt, fwd
+    torch.cuda.reset_peak_memory_stats()
+    return run
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "gpu":
+        gpu_main(sys.argv[2:])
+    else:
+        main()
