@@ -527,6 +527,7 @@ def _encode_shard(
     max_tokens_per_side: int,
     metadata: dict[str, str],
     tokenizer_loader: Callable[[str], Any],
+    write_rejects: bool = False,
 ) -> dict:
     t_start = time.perf_counter()
     tokenize_s = 0.0
@@ -540,6 +541,12 @@ def _encode_shard(
     rows = dict.fromkeys(SPLITS, 0)
     tokens = {"src": 0, "tgt": 0}
     too_long = 0
+    rejects_path = os.path.join(out_dir, "rejects", f"part-{shard:05d}.jsonl")
+    if write_rejects:
+        os.makedirs(os.path.dirname(rejects_path), exist_ok=True)
+    rej_tmp = tmp_path_for(rejects_path)
+    rej_f = open(rej_tmp, "w", encoding="utf-8") if write_rejects else None
+    first_row = 0
     try:
         pf = pq.ParquetFile(raw_path)
         for batch in pf.iter_batches(batch_size=_ENCODE_BATCH_ROWS, columns=["src", "tgt", "split"]):
@@ -551,6 +558,12 @@ def _encode_shard(
             tgt_arr, tgt_len = _ids_array(tgt_ids)
             ok = (src_len <= max_tokens_per_side) & (tgt_len <= max_tokens_per_side)
             too_long += int((~ok).sum())
+            if rej_f is not None:
+                for i in np.flatnonzero(~ok).tolist():
+                    rec = {"reason": "too_long_tokens", "file": os.path.basename(raw_path), "row": first_row + i,
+                           "src_tokens": int(src_len[i]), "tgt_tokens": int(tgt_len[i]), "src": srcs[i], "tgt": tgts[i]}
+                    rej_f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            first_row += len(srcs)
             split = np.asarray(batch.column(2).to_numpy(zero_copy_only=False))
             t = pa.table([src_arr, tgt_arr, pa.array(src_len), pa.array(tgt_len)], schema=schema)
             for sp in SPLITS:
@@ -564,11 +577,17 @@ def _encode_shard(
         for sp in SPLITS:
             writers[sp].close()
             os.replace(tmps[sp], paths[sp])
+        if rej_f is not None:
+            rej_f.close()
+            os.replace(rej_tmp, rejects_path)
     finally:
         for sp in SPLITS:
             if os.path.exists(tmps[sp]):
                 writers[sp].close()
                 os.remove(tmps[sp])
+        if rej_f is not None and os.path.exists(rej_tmp):
+            rej_f.close()
+            os.remove(rej_tmp)
     return {
         "shard": shard,
         "files": {
@@ -576,6 +595,7 @@ def _encode_shard(
             for sp in SPLITS
         },
         "too_long_tokens": too_long,
+        "rejects_file": os.path.relpath(rejects_path, out_dir) if write_rejects else None,
         "tokens": tokens,
         "seconds": {"task": time.perf_counter() - t_start, "tokenize": tokenize_s},
     }
@@ -589,11 +609,13 @@ def encode_shards(
     max_tokens_per_side: int,
     config_hash: str,
     tokenizer_loader: Callable[[str], Any] | None = None,
+    write_rejects: bool = False,
 ) -> dict:
     """Tokenize every raw shard in its own Ray task; returns the token manifest (also out_dir/manifest.json).
 
     `tokenizer_loader(dir) -> Tokenizer` defaults to data.tokenizer.load_tokenizer; tests pass a
-    stand-in. A shard is re-encoded only when its raw content, the tokenizer fingerprint,
+    stand-in. `write_rejects` also writes the rows rejected for too many tokens to
+    out_dir/rejects.jsonl (raw shard file and row, token counts, text). A shard is re-encoded only when its raw content, the tokenizer fingerprint,
     config_hash or max_tokens_per_side changed.
     """
     ray = _require_ray()
@@ -614,7 +636,7 @@ def encode_shards(
     old_by_raw: dict[str, dict] = {}
     if os.path.exists(manifest_path):
         old = read_json(manifest_path)
-        if old.get("metadata") == metadata:
+        if old.get("metadata") == metadata and old.get("write_rejects", False) == write_rejects:
             old_by_raw = {s["raw_sha256"]: s for s in old.get("shards", [])}
 
     if os.path.exists(manifest_path):  # unfinished until the new manifest is written
@@ -628,19 +650,32 @@ def encode_shards(
             shards[i] = dict(prev, reused=True)
         else:
             raw_path = os.path.join(raw_dir, raw["file"])
-            pending[i] = encode.remote(raw_path, i, tokenizer_dir, out_dir, max_tokens_per_side, metadata, loader)
+            pending[i] = encode.remote(
+                raw_path, i, tokenizer_dir, out_dir, max_tokens_per_side, metadata, loader, write_rejects
+            )
     for i, r in zip(pending, _get(ray, list(pending.values()))):
         shards[i] = dict(r, reused=False, raw_sha256=raw_manifest["shards"][i]["sha256"])
-    keep = {f["file"] for s in shards for f in s["files"].values()}
-    for sp in SPLITS:  # parts of an earlier run with more shards
-        d = os.path.join(out_dir, sp)
+    keep = {f["file"] for s in shards for f in s["files"].values()} | {s.get("rejects_file") for s in shards}
+    for sub in (*SPLITS, "rejects"):  # parts of an earlier run with more shards or with rejects
+        d = os.path.join(out_dir, sub)
         for name in os.listdir(d) if os.path.isdir(d) else []:
-            if name.endswith(".parquet") and os.path.join(sp, name) not in keep:
+            if name.endswith((".parquet", ".jsonl")) and os.path.join(sub, name) not in keep:
                 os.remove(os.path.join(d, name))
+    if not write_rejects and os.path.exists(os.path.join(out_dir, "rejects.jsonl")):
+        os.remove(os.path.join(out_dir, "rejects.jsonl"))
+    rejects_file = None
+    if write_rejects:
+        rejects_file = "rejects.jsonl"
+        with atomic_path(os.path.join(out_dir, rejects_file)) as tmp, open(tmp, "wb") as out:
+            for s in shards:
+                with open(os.path.join(out_dir, s["rejects_file"]), "rb") as f:
+                    shutil.copyfileobj(f, out)
     manifest = {
         "version": FORMAT_VERSION,
         "kind": "tokens",
         "metadata": metadata,
+        "write_rejects": write_rejects,
+        "rejects_file": rejects_file,
         "splits": {sp: [dict(s["files"][sp]) for s in shards] for sp in SPLITS},
         "rows": {sp: sum(s["files"][sp]["rows"] for s in shards) for sp in SPLITS},
         "input": sum(raw["rows"] for raw in raw_manifest["shards"]),

@@ -167,8 +167,12 @@ def test_encode_writes_per_split_token_shards_with_metadata(tmp_path, byte_token
                           tokenizer_loader=byte_tokenizer_loader)
     assert again["reused"] == 2 and again["splits"] == m["splits"]
     changed = encode_shards(raw, "unused", out, max_tokens_per_side=20, config_hash="other",
-                            tokenizer_loader=byte_tokenizer_loader)
-    assert changed["reused"] == 0
+                            tokenizer_loader=byte_tokenizer_loader, write_rejects=True)
+    assert changed["reused"] == 0 and changed["rejects_file"] == "rejects.jsonl"
+    (rej,) = [json.loads(x) for x in open(os.path.join(out, "rejects.jsonl"), encoding="utf-8")]
+    assert rej["reason"] == "too_long_tokens" and rej["src"] == ("long " * 10).strip() and rej["src_tokens"] == 49
+    assert encode_shards(raw, "unused", out, max_tokens_per_side=20, config_hash="other",
+                         tokenizer_loader=byte_tokenizer_loader, write_rejects=True)["reused"] == 2
 
 
 def test_loader_reads_what_encode_wrote(tmp_path, byte_tokenizer_loader, byte_tokenizer):
