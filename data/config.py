@@ -41,7 +41,8 @@ class DataConfig:
         default=False, metadata={"help": "also write every rejected record to out_dir/rejects.jsonl"}
     )
     src_key: str = field(
-        default="", metadata={"help": "JSONL/Parquet source field; empty: src_lang (as in HF translation data)"}
+        default="",
+        metadata={"help": "JSONL/Parquet source field (JSONL may nest: 'translation.en'); empty: src_lang"},
     )
     tgt_key: str = field(default="", metadata={"help": "JSONL/Parquet target field; empty: tgt_lang"})
     tsv_columns: list[int] = field(

@@ -298,11 +298,14 @@ def _json_record(raw: bytes, path: str, lineno: int, cfg: DataConfig) -> tuple[b
         raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
     out = []
     for key in (cfg.src_key, cfg.tgt_key):
-        if key not in obj:
-            raise DataError(
-                f"{path} line {lineno}: no key {key!r} (data.src_key/tgt_key); keys are {sorted(obj)[:10]}"
-            )
-        v = obj[key]
+        v: Any = obj
+        for part in key.split("."):  # 'translation.en' reaches {"translation": {"en": ...}} (HF datasets)
+            if not isinstance(v, dict) or part not in v:
+                keys = sorted(v)[:10] if isinstance(v, dict) else type(v).__name__
+                raise DataError(
+                    f"{path} line {lineno}: no key {key!r} (data.src_key/tgt_key); keys are {keys}"
+                )
+            v = v[part]
         if v is None:
             v = ""
         if not isinstance(v, str):

@@ -65,6 +65,15 @@ def test_line_formats_give_the_same_pairs(tmp_path, suffix):
     assert records(DataConfig(paths=[text], **kw)) == [(s, s) for s, _ in PAIRS]
 
 
+def test_nested_jsonl_keys(tmp_path):
+    lines = [json.dumps({"id": i, "translation": {"en": s, "de": t}}, ensure_ascii=False) for i, (s, t) in enumerate(PAIRS)]
+    (tmp_path / "hf.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "hf.jsonl")], src_key="translation.en", tgt_key="translation.de")
+    assert records(cfg) == PAIRS
+    with pytest.raises(DataError, match=r"hf\.jsonl line 1: no key 'translation.fr'"):
+        records(DataConfig(source="files", paths=[str(tmp_path / "hf.jsonl")], src_key="translation.fr"))
+
+
 def test_parquet_and_custom_keys_and_columns(tmp_path):
     t = pa.table({"source": [s for s, _ in PAIRS], "target": [t for _, t in PAIRS]})
     pq.write_table(t, tmp_path / "c.parquet")
