@@ -63,11 +63,16 @@ class DataConfig:
             raise ValueError("data.paths is empty but data.source=files; give at least one file or glob")
         if len(self.tsv_columns) != 2:
             raise ValueError(f"data.tsv_columns must name 2 fields (source, target), got {self.tsv_columns}")
-        if self.src_key == "":
-            self.src_key = self.src_lang  # derived, as the help says; to_dict() then shows the resolved key
-        if self.tgt_key == "":
-            self.tgt_key = self.tgt_lang
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise ValueError(
                 f"data.valid_fraction + data.test_fraction = {self.valid_fraction + self.test_fraction}; must be < 1"
             )
+
+    @property
+    def src_field(self) -> str:
+        """The JSONL/Parquet source key: src_key, else the language code."""
+        return self.src_key or self.src_lang
+
+    @property
+    def tgt_field(self) -> str:
+        return self.tgt_key or self.tgt_lang

@@ -297,7 +297,7 @@ def _json_record(raw: bytes, path: str, lineno: int, cfg: DataConfig) -> tuple[b
     if not isinstance(obj, dict):
         raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
     out = []
-    for key in (cfg.src_key, cfg.tgt_key):
+    for key in (cfg.src_field, cfg.tgt_field):
         v: Any = obj
         for part in key.split("."):  # 'translation.en' reaches {"translation": {"en": ...}} (HF datasets)
             if not isinstance(v, dict) or part not in v:
@@ -344,11 +344,11 @@ def _read_parquet(path: str, cfg: DataConfig) -> Iterator[Batch]:
     with open_binary(path) as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
-        for key in (cfg.src_key, cfg.tgt_key):
+        for key in (cfg.src_field, cfg.tgt_field):
             if key not in names:
                 raise DataError(f"{path}: no column {key!r} (data.src_key/tgt_key); columns are {names}")
         first = 1
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[cfg.src_key, cfg.tgt_key]):
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[cfg.src_field, cfg.tgt_field]):
             srcs = ["" if v is None else v for v in batch.column(0).to_pylist()]
             tgts = ["" if v is None else v for v in batch.column(1).to_pylist()]
             yield np.arange(first, first + len(srcs)), srcs, tgts, None
