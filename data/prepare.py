@@ -113,7 +113,10 @@ def split_of(src: str, tgt: str, valid_fraction: float, test_fraction: float) ->
 
 
 def _as_text(x: bytes | str) -> str:
-    return x.decode("utf-8", "backslashreplace") if isinstance(x, bytes) else x
+    """A side as it can be written to a UTF-8 rejects file: invalid bytes and lone surrogates as escapes."""
+    if isinstance(x, bytes):
+        return x.decode("utf-8", "backslashreplace")
+    return x if _is_utf8(x) else x.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,23 +124,27 @@ def _as_text(x: bytes | str) -> str:
 
 
 def _string_array(values: list) -> tuple[pa.Array, np.ndarray]:
-    """str/bytes values -> (utf8 array, invalid mask); an invalid value becomes ''. One C pass when all valid."""
-    arr = pa.array(values)  # string when all are str, binary when any is bytes
-    if arr.type == pa.string():
-        return arr, np.zeros(len(values), dtype=bool)
+    """str/bytes values -> (utf8 array, invalid mask); an invalid value becomes ''. One C pass when all valid.
+
+    Invalid: bytes that are not UTF-8, and str with lone surrogates (JSON's "\\ud800" escapes).
+    """
+    n = len(values)
     try:
-        return arr.cast(pa.string()), np.zeros(len(values), dtype=bool)
-    except pa.ArrowInvalid:
-        bad = np.array([isinstance(v, bytes) and not _is_utf8(v) for v in values], dtype=bool)
-        fixed = [b"" if b else v for v, b in zip(values, bad.tolist())]
-        return pa.array(fixed).cast(pa.string()), bad
+        arr = pa.array(values)  # string when all are str, binary when any is bytes
+        if arr.type == pa.string():
+            return arr, np.zeros(n, dtype=bool)
+        return arr.cast(pa.string()), np.zeros(n, dtype=bool)
+    except (pa.ArrowInvalid, UnicodeEncodeError):
+        bad = np.array([not _is_utf8(v) for v in values], dtype=bool)
+        fixed = [b"" if b else (v.encode("utf-8") if isinstance(v, str) else v) for v, b in zip(values, bad.tolist())]
+        return pa.array(fixed, pa.binary()).cast(pa.string()), bad
 
 
-def _is_utf8(b: bytes) -> bool:
+def _is_utf8(v: bytes | str) -> bool:
     try:
-        b.decode("utf-8")
+        v.decode("utf-8") if isinstance(v, bytes) else v.encode("utf-8")
         return True
-    except UnicodeDecodeError:
+    except UnicodeError:
         return False
 
 

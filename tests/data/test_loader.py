@@ -198,11 +198,14 @@ from hypothesis import strategies as st  # noqa: E402
     max_tokens=st.integers(90, 600),
     row_group=st.integers(1, 64),
     seed=st.integers(0, 2**32 - 1),
+    shuffle=st.booleans(),
 )
-def test_any_corpus_partitions_exactly_over_ranks(tmp_path_factory, lengths, world_size, max_tokens, row_group, seed):
+def test_any_corpus_partitions_exactly_over_ranks(tmp_path_factory, lengths, world_size, max_tokens, row_group, seed,
+                                                  shuffle):
     rows = [([1000 + i] + [5] * (n - 1), [6] * m) for i, (n, m) in enumerate(lengths)]
     path = write_token_shard(tmp_path_factory.mktemp("h") / "t.parquet", rows, row_group_size=row_group)
-    loaders = [make([path], max_tokens=max_tokens, seed=seed, rank=r, world_size=world_size, pool_rows=50)
+    loaders = [make([path], max_tokens=max_tokens, seed=seed, rank=r, world_size=world_size, pool_rows=50,
+                    shuffle=shuffle)
                for r in range(world_size)]
     n = len(loaders[0])
     assert all(len(x) == n for x in loaders)

@@ -246,3 +246,12 @@ def test_encode_with_the_real_tokenizer(tmp_path):
     raw_train = {s for s, _, sp in _rows(tmp_path / "raw") if sp == "train"}
     decoded = {tok.decode(ids) for ids in t.column("src_ids").to_pylist()}
     assert decoded <= raw_train and decoded
+
+
+def test_a_lone_surrogate_in_json_is_an_invalid_utf8_reject(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"en": "bad \\ud800", "zh": "x"}\n{"en": "good", "zh": "gut"}\n')
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "c.jsonl")], write_rejects=True)
+    r = prepare_raw_shards(cfg, str(tmp_path / "o"), seed=0)
+    assert r["kept"] == 1 and r["rejected"]["invalid_utf8"] == 1
+    (rej,) = [json.loads(x) for x in (tmp_path / "o" / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rej["src"] == "bad \\ud800" and rej["line"] == 1

@@ -14,7 +14,7 @@ from data.config import DataConfig
 from data.gettext import Entry, write_mo
 from data.io import DataError, expand_paths
 from data.prepare import REJECT_REASONS, clean_batch, clean_pair
-from data.sources import Unit, line_chunks, plan_units, read_unit
+from data.sources import Unit, line_chunks, plan_units, read_batches, read_unit
 
 # Nasty but valid pairs: CJK, emoji, combining marks, quotes and backslashes, an inner tab for JSON.
 PAIRS = [
@@ -173,6 +173,7 @@ def test_misaligned_moses_error_names_both_files_and_counts(tmp_path):
         ("x", " \t\u3000", "empty"),  # ideographic space only
         ("x" * 1001, "y", "too_long"),
         ("a", "b" * 10, "ratio"),
+        ("\ud800 lone surrogate", "ok", "invalid_utf8"),  # what JSON's "\\ud800" escape decodes to
         ("一", "one", None),  # 3 bytes vs 3 bytes: the ratio counts bytes, not characters
         ("\U0001f600" * 5, "smile " * 3, None),
     ],
@@ -194,3 +195,34 @@ def test_gettext_fuzzy_and_untranslated_entries_are_counted(tmp_path):
     assert [REJECT_REASONS[c - 1] if c else None for c in codes] == [None, "fuzzy", "empty"]
     entries = [Entry("a", ["b"]), Entry("c", ["d"], fuzzy=True)]
     assert len(write_mo(entries)) < len(write_mo([Entry("a", ["b"]), Entry("c", ["d"])]))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=40), st.text(max_size=40)), min_size=1, max_size=20))
+# (st.text has no lone surrogates; test_clean_reasons covers them)
+def test_any_text_through_jsonl_is_kept_stripped_or_rejected_for_its_reason(tmp_path_factory, pairs):
+    path = tmp_path_factory.mktemp("j") / "c.jsonl"
+    path.write_text("".join(json.dumps({"en": s, "zh": t}) + "\n" for s, t in pairs), encoding="utf-8")
+    cfg = DataConfig(source="files", paths=[str(path)], max_chars=30)
+    (unit,) = plan_units(cfg, seed=0)
+    lines, srcs, tgts, known = next(iter(read_batches(unit, cfg)))
+    assert lines.tolist() == list(range(1, len(pairs) + 1))
+    codes, s_arr, t_arr = clean_batch(srcs, tgts, cfg, known)
+    for (s, t), code, s2, t2 in zip(pairs, codes.tolist(), s_arr.to_pylist(), t_arr.to_pylist()):
+        ss, ts = s.strip(), t.strip()
+        lb, lt = len(ss.encode()), len(ts.encode())
+        if not ss or not ts:
+            want = "empty"
+        elif len(ss) > 30 or len(ts) > 30:
+            want = "too_long"
+        elif max(lb, lt) > 9 * min(lb, lt):
+            want = "ratio"
+        else:
+            want = None
+        assert (REJECT_REASONS[code - 1] if code else None) == want, (s, t)
+        if want is None:
+            assert (s2, t2) == (ss, ts)
