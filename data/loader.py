@@ -99,7 +99,10 @@ class TokenBatchLoader:
         del src_len, tgt_len
         self.n_rows = len(self._src_len)
         if self.n_rows < world_size:
-            raise ValueError(f"{self.n_rows} rows cannot give each of {world_size} ranks a batch")
+            raise ValueError(
+                f"{self.n_rows} rows in {len(self.paths)} token shard(s) ({self.paths[0]}, ...) cannot give each "
+                f"of {world_size} rank(s) a batch; is this split empty?"
+            )
         self._plan_epoch: int | None = None
         self._plan: list[tuple[int, np.ndarray]] = []  # this rank's (pool, positions in the pool) per batch
         self._pools: list[np.ndarray] = []  # unit ids of each pool

@@ -217,3 +217,9 @@ def test_any_corpus_partitions_exactly_over_ranks(tmp_path_factory, lengths, wor
             assert b["src"].shape[0] * (b["src"].shape[1] + b["tgt"].shape[1]) <= max_tokens
             seen += row_ids(b)
     assert sorted(seen) == list(range(len(rows)))
+
+
+def test_an_empty_split_is_a_clear_error(tmp_path):
+    path = write_token_shard(tmp_path / "empty.parquet", [])
+    with pytest.raises(ValueError, match=r"0 rows in 1 token shard\(s\) \(.*empty\.parquet, \.\.\.\) .* is this split empty"):
+        make([path])
