@@ -75,8 +75,13 @@ def train_with(workers: int, out: str, steps: int, storage: str) -> dict[str, to
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    import ray
+    import sys
 
+    import ray
+    from ray import cloudpickle
+
+    # Workers cannot import this test module: ship its functions by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, dashboard_host="127.0.0.1")
     yield
     ray.shutdown()
@@ -88,6 +93,10 @@ def test_two_workers_equal_one_worker_on_the_combined_batch(ray_cluster, tmp_pat
     two = train_with(2, str(tmp_path / "two.safetensors"), steps, str(tmp_path / "ray"))
     assert one.keys() == two.keys()
     for name in one:
+        if name.endswith("k_proj.bias"):
+            # softmax is shift-invariant, so the key bias has an exactly-zero gradient; what float
+            # round-off leaves of it, Adam normalises into lr-sized steps that differ run to run.
+            continue
         assert torch.allclose(one[name], two[name], atol=1e-5, rtol=1e-4), name
     # and training did move the weights: the comparison is not one of initial weights
     from model.config import ModelConfig
@@ -96,4 +105,5 @@ def test_two_workers_equal_one_worker_on_the_combined_batch(ray_cluster, tmp_pat
     torch.manual_seed(0)
     init = Transformer(ModelConfig(vocab_size=24, d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1,
                                    d_ff=64, dropout=0.0, max_seq_len=16)).state_dict()
-    assert not torch.allclose(init["lm_head.weight"], one["lm_head.weight"])
+    key = "decoder.layers.0.cross_attn.q_proj.weight"
+    assert not torch.allclose(init[key], one[key])
