@@ -104,8 +104,9 @@ class TokenBatchLoader:
                 f"of {world_size} rank(s) a batch; is this split empty?"
             )
         self._plan_epoch: int | None = None
-        self._plan: list[tuple[int, np.ndarray]] = []  # this rank's (pool, positions in the pool) per batch
+        self._plan = np.zeros((0, 3), np.int64)  # this rank's batches: [pool, start, end) into its bucket order
         self._pools: list[np.ndarray] = []  # unit ids of each pool
+        self._buckets: list[np.ndarray] = []  # each pool's positions sorted by length
 
     # ----------------------------------------------------------------------------------------
     # The plan
@@ -116,8 +117,9 @@ class TokenBatchLoader:
             [np.arange(self._units[u, 2], self._units[u, 2] + self._units[u, 3], dtype=np.int64) for u in units]
         )
 
-    def _make_plan(self, epoch: int) -> tuple[list[np.ndarray], list[tuple[int, np.ndarray]]]:
-        """-> (pools as unit ids, every batch of the epoch as (pool, positions in the pool)), the same on all ranks."""
+    def _make_plan(self, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """The same on all ranks: (pools as unit ids, each pool's positions in bucket order, and every
+        batch of the epoch as a row [pool, start, end) into its pool's bucket order)."""
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self._units)) if self.shuffle else np.arange(len(self._units))
         pools, cur, cur_rows = [], [], 0
@@ -129,7 +131,8 @@ class TokenBatchLoader:
                 cur, cur_rows = [], 0
         if cur:
             pools.append(np.array(cur))
-        batches: list[tuple[int, np.ndarray]] = []
+        # Batches as index ranges rather than arrays: 4 bytes a row and 24 a batch, no Python objects.
+        buckets, tables = [], []
         for p, pool in enumerate(pools):
             rows = self._pool_rows(pool)
             pos = rng.permutation(len(rows)) if self.shuffle else np.arange(len(rows))  # random order of ties
@@ -137,35 +140,41 @@ class TokenBatchLoader:
             t = self._tgt_len[rows[pos]].astype(np.int32) + 2
             order = np.lexsort((t, s))  # by padded source length, then target length
             pos, s, t = pos[order].astype(np.int32), s[order], t[order]
-            pool_batches = np.split(pos, _cut_batches(s, t, self.max_tokens))
+            bounds = np.array([0, *_cut_batches(s, t, self.max_tokens), len(pos)], dtype=np.int64)
+            starts, ends = bounds[:-1], bounds[1:]
             if self.shuffle:
-                pool_batches = [pool_batches[i] for i in rng.permutation(len(pool_batches))]
-            batches += [(p, b) for b in pool_batches]
+                perm = rng.permutation(len(starts))
+                starts, ends = starts[perm], ends[perm]
+            buckets.append(pos)
+            tables.append(np.stack([np.full(len(starts), p, dtype=np.int64), starts, ends], axis=1))
+        batches = np.concatenate(tables)  # (n_batches, 3)
         while len(batches) % self.world_size:
-            i = max(range(len(batches)), key=lambda k: len(batches[k][1]))  # first of the largest
-            p, b = batches[i]
-            if len(b) < 2:
+            i = int(np.argmax(batches[:, 2] - batches[:, 1]))  # the first of the largest
+            p, a, b = (int(x) for x in batches[i])
+            if b - a < 2:
                 raise ValueError(f"cannot split {len(batches)} single-row batches evenly over {self.world_size} ranks")
-            half = len(b) // 2
-            batches[i : i + 1] = [(p, b[:half]), (p, b[half:])]
-        return pools, batches
+            mid = a + (b - a) // 2
+            batches = np.concatenate([batches[:i], [[p, a, mid], [p, mid, b]], batches[i + 1 :]])
+        return pools, buckets, batches
 
     def _ensure_plan(self) -> None:
         if self._plan_epoch != self.epoch:
-            self._pools, batches = self._make_plan(self.epoch)
-            self._plan = batches[self.rank :: self.world_size]
+            self._plan_epoch = None
+            self._pools, self._buckets, self._plan = [], [], np.zeros((0, 3), np.int64)  # free the old plan first
+            self._pools, self._buckets, batches = self._make_plan(self.epoch)
+            self._plan = np.ascontiguousarray(batches[self.rank :: self.world_size])
             self._plan_epoch = self.epoch
 
     def epoch_batches(self, epoch: int | None = None) -> list[np.ndarray]:
         """Global row ids of this rank's batches in `epoch` (default: the current one), for tests and tools."""
         if epoch is None or epoch == self.epoch:
             self._ensure_plan()
-            pools, plan = self._pools, self._plan
+            pools, buckets, plan = self._pools, self._buckets, self._plan
         else:
-            pools, batches = self._make_plan(epoch)
+            pools, buckets, batches = self._make_plan(epoch)
             plan = batches[self.rank :: self.world_size]
-        rows = {p: self._pool_rows(pools[p]) for p in {p for p, _ in plan}}
-        return [rows[p][b] for p, b in plan]
+        rows = {p: self._pool_rows(pools[p]) for p in set(plan[:, 0].tolist())}
+        return [rows[p][buckets[p][a:b]] for p, a, b in plan.tolist()]
 
     # ----------------------------------------------------------------------------------------
     # The protocol the training loop uses
@@ -211,7 +220,8 @@ class TokenBatchLoader:
         self._ensure_plan()
         loaded_pool, pool = -1, None
         while self.position < len(self._plan):
-            p, pos = self._plan[self.position]
+            p, a, b = (int(x) for x in self._plan[self.position])
+            pos = self._buckets[p][a:b]
             if p != loaded_pool:
                 pool, loaded_pool = None, p  # free the previous pool before reading the next
                 pool = self._read_pool(self._pools[p])
