@@ -254,31 +254,56 @@ def train_flops_per_step(cfg: ModelConfig, B: int, S: int, T: int) -> float:
     return 6.0 * macs
 
 
-def _attention_kernels(prof) -> dict[str, int]:
-    """Count the SDPA kernels a profile saw, by family, from their CUDA kernel names."""
-    families = {"flash": 0, "mem_efficient": 0, "cudnn": 0}
+def _attention_kernels(prof) -> tuple[dict[str, int], dict[str, int]]:
+    """The SDPA kernels a profile saw: counts by family, and the raw kernel names (for the record)."""
+    families = {"cudnn": 0, "flash": 0, "mem_efficient": 0}
+    names: dict[str, int] = {}
     for evt in prof.key_averages():
         name = evt.key.lower()
-        if "flash" in name and ("fwd" in name or "bwd" in name or "kernel" in name):
-            families["flash"] += evt.count
-        elif "fmha" in name or "efficient_attention" in name or "cutlassf" in name or "cutlassb" in name:
-            families["mem_efficient"] += evt.count
-        elif "cudnn" in name and ("sdpa" in name or "attn" in name or "fmha" in name or "flash" in name):
+        if not any(w in name for w in ("flash", "fmha", "attention", "sdpa", "attn")):
+            continue
+        names[evt.key[:120]] = evt.count
+        if "cudnn" in name:  # cuDNN's SDPA kernels also say "flash" in their names: test it first
             families["cudnn"] += evt.count
-    return families
+        elif "flash" in name:
+            families["flash"] += evt.count
+        elif "fmha" in name or "efficient" in name or "cutlass" in name:
+            families["mem_efficient"] += evt.count
+    return families, names
+
+
+def _kernel_time_table(prof, n: int) -> dict:
+    """Where one step's GPU time went: the n costliest kernels, and the share of matmul (GEMM) kernels."""
+    evts = [(e.key, getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0), e.count) for e in prof.key_averages()]
+    evts = [e for e in evts if e[1] > 0]
+    total = sum(t for _, t, _ in evts) or 1.0
+    is_gemm = lambda k: any(w in k.lower() for w in ("gemm", "nvjet", "xmma", "cutlass")) and "sdpa" not in k.lower()  # noqa: E731
+    top = sorted(evts, key=lambda e: -e[1])[:n]
+    return {
+        "total_ms": total / 1e3,
+        "gemm_share": sum(t for k, t, _ in evts if is_gemm(k)) / total,
+        "top": [{"kernel": k[:110], "ms": round(t / 1e3, 3), "share": round(t / total, 4), "calls": c} for k, t, c in top],
+    }
 
 
 def gpu_main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="bench/model.py gpu")
     ap.add_argument("--presets", default="base,big")
     ap.add_argument("--vocab", type=int, default=32768)
-    ap.add_argument("--batch", type=int, default=128, help="sentences per step")
+    ap.add_argument("--batch", type=int, default=256, help="sentences per step (256 x (128 + 128): about the paper's 25k + 25k tokens)")
     ap.add_argument("--src-len", type=int, default=128)
     ap.add_argument("--tgt-len", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--compile", default="big", help="presets to also time under torch.compile ('' for none)")
     ap.add_argument("--budget-s", type=float, default=400.0, help="skip what would start after this")
+    ap.add_argument("--profile-top", type=int, default=0, help="also record the N costliest GPU kernels of a step")
+    ap.add_argument(
+        "--precision",
+        default="bf16-mixed",
+        choices=["bf16-mixed", "bf16-true"],
+        help="bf16-mixed: fp32 weights under autocast (what the pipeline trains with); bf16-true: bf16 weights",
+    )
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     if not torch.cuda.is_available():
@@ -352,13 +377,20 @@ def gpu_main(argv: list[str]) -> None:
             )
     result["checks"] = checks
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    print(f"tpipe GPU bench: {name}, torch {torch.__version__} (CUDA {torch.version.cuda}), bf16 autocast, AdamW fused")
+    print(f"tpipe GPU bench: {name}, torch {torch.__version__} (CUDA {torch.version.cuda}), {args.precision}, AdamW fused")
     print(f"measured 8192^3 bf16 matmul: {result['matmul_8192_bf16_flops'] / 1e12:.0f} TFLOP/s; MFU below is against "
           f"the datasheet peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
     for k, v in checks.items():
         print(f"check {k}: {v}")
     for label, text in rows:
         print(f"{label:<14} {text}")
+    for run in result["runs"]:
+        if run.get("profile_top"):
+            pt = run["profile_top"]
+            print(f"-- {run['preset']}{' compiled' if run['compiled'] else ''}: GPU time of one profiled step "
+                  f"{pt['total_ms']:.1f} ms, GEMM kernels {pt['gemm_share']:.0%}")
+            for k in pt["top"]:
+                print(f"   {k['ms']:8.2f} ms {k['share']:6.1%} x{k['calls']:<4} {k['kernel']}")
     out = json.dumps(result)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "gpu_bench.json").write_text(out + "\n")
@@ -405,6 +437,8 @@ def _gpu_train(preset: str, compiled: bool, B: int, args, dev, peak) -> dict:
     cfg = ModelConfig.from_name(preset, vocab_size=args.vocab, max_seq_len=max(S, T))
     torch.manual_seed(0)
     model = Transformer(cfg).to(dev).train()
+    if args.precision == "bf16-true":
+        model.to(torch.bfloat16)  # residual stream, norms and optimizer state in bf16 too
     params = model.num_parameters()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), fused=True)
     fwd = torch.compile(model) if compiled else model
@@ -416,7 +450,7 @@ def _gpu_train(preset: str, compiled: bool, B: int, args, dev, peak) -> dict:
     tgt_in, labels = tgt[:, :-1], tgt[:, 1:]
 
     def step() -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"):
             logits = fwd(src, tgt_in)  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD)
         loss.backward()
@@ -442,22 +476,25 @@ def _gpu_train(preset: str, compiled: bool, B: int, args, dev, peak) -> dict:
     loss_values = [float(x) for x in losses]
     if not all(math.isfinite(x) for x in loss_values):
         raise RuntimeError(f"non-finite loss in {preset}: {loss_values}")
-    kernels = "unknown"
-    if not compiled:
-        try:
-            from torch.profiler import ProfilerActivity, profile
+    kernels, kernel_names, profile_top = "unknown", {}, None
+    # Profile one more step (compiled runs too) to see which attention kernels ran.
+    try:
+        from torch.profiler import ProfilerActivity, profile
 
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                step()
-                torch.cuda.synchronize()
-            fam = _attention_kernels(prof)
-            kernels = ",".join(f"{k}:{v}" for k, v in fam.items() if v) or "math (no fused kernel seen)"
-        except Exception as e:  # noqa: BLE001 - the profiler is a nicety; the timing stands without it
-            kernels = f"profiler failed: {type(e).__name__}"
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        fam, kernel_names = _attention_kernels(prof)
+        kernels = ",".join(f"{k}:{v}" for k, v in fam.items() if v) or "math (no fused kernel seen)"
+        if args.profile_top:
+            profile_top = _kernel_time_table(prof, args.profile_top)
+    except Exception as e:  # noqa: BLE001 - the profiler is a nicety; the timing stands without it
+        kernels = f"profiler failed: {type(e).__name__}"
     flops = train_flops_per_step(cfg, B, S, T)
     run = {
         "preset": preset,
         "compiled": compiled,
+        "precision": args.precision,
         "params": params,
         "batch": B,
         "src_len": S,
@@ -468,6 +505,8 @@ def _gpu_train(preset: str, compiled: bool, B: int, args, dev, peak) -> dict:
         "model_tflops": flops / sec / 1e12,
         "mfu": flops / sec / peak if peak else None,
         "attention_kernels": kernels,
+        "attention_kernel_names": kernel_names,
+        "profile_top": profile_top,
         "loss_first": loss_values[0],
         "loss_last": loss_values[-1],
         "compile_s": compile_s,
