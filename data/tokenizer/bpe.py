@@ -36,6 +36,28 @@ def count_pairs(ids: Iterable[int]) -> dict[tuple[int, int], int]:
     return counts
 
 
+def merge_backend(choice: str, n_words: int) -> str:
+    """Which merge loop runs: 'python' (the reference) or 'numba' (the same loop compiled).
+
+    auto: numba when it is installed and there are at least NUMBA_MIN_WORDS words (below that the
+    Python loop finishes before numba would have loaded its compiled code).
+    """
+    if choice not in ("auto", "python", "numba"):
+        raise ValueError(f"tokenizer.merge_backend must be auto, python or numba, got {choice!r}")
+    if choice == "python":
+        return "python"
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        if choice == "numba":
+            raise ValueError("tokenizer.merge_backend=numba but numba is not installed (pip install numba)") from None
+        return "python"
+    return "numba" if choice == "numba" or n_words >= NUMBA_MIN_WORDS else "python"
+
+
+NUMBA_MIN_WORDS = 20_000
+
+
 def learn_merges(
     words: list[list[int]],
     counts: list[int],
@@ -43,6 +65,7 @@ def learn_merges(
     vocab_size: int,
     min_frequency: int,
     progress: Callable[[int, tuple[int, int], int], None] | None = None,
+    backend: str = "python",
 ) -> list[tuple[int, int]]:
     """Merge until `tokens` (id -> bytes or str) has `vocab_size` entries; `words` and `tokens` grow in place.
 
@@ -55,6 +78,10 @@ def learn_merges(
     """
     if len(tokens) >= vocab_size:
         return []
+    if backend == "numba":
+        from data.tokenizer._bpe_numba import learn_merges_numba
+
+        return learn_merges_numba(words, counts, tokens, vocab_size, min_frequency)
     if vocab_size >= _SHIFT:
         raise ValueError(f"vocab_size {vocab_size} is too large for the merge loop (at most {_SHIFT - 1})")
     token_id = {t: i for i, t in enumerate(tokens)}

@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from data.tokenizer.bpe import learn_merges
+from data.tokenizer.bpe import learn_merges, merge_backend
 from data.tokenizer.config import TokenizerConfig
 from data.tokenizer.counting import Reader, count_pretokens
 from data.tokenizer.files import TokenizerFileError, read_json
@@ -85,15 +85,30 @@ def train_tokenizer(
     # A fixed word order (sorted by bytes) keeps the whole run reproducible, though merges would not change.
     keys = sorted(counts)
     word_counts = [counts[k] for k in keys]
+    n_words = len(keys)
     del counts
+    backend = merge_backend(cfg.merge_backend, n_words)
+    log.info("merge loop: %s, %d distinct pre-tokens", backend, n_words)
+    t1, c1 = time.perf_counter(), time.process_time()
     if byte:
         # Specials stay str so that no merged bytes can ever collide with them.
         base: list = list(specials) + [bytes([b]) for b in byte_order()]
         byte_id = {b: S + k for k, b in enumerate(byte_order())}
-        words = [[byte_id[x] for x in k] for k in keys]
+        tokens = list(base)
+        if backend == "numba":
+            from data.tokenizer._bpe_numba import byte_words_to_arrays, learn_merges_arrays
+
+            syms, lens = byte_words_to_arrays(keys, byte_id)
+            del keys
+            merges_ids = learn_merges_arrays(syms, lens, word_counts, tokens, cfg.vocab_size, cfg.min_frequency)
+        else:
+            words = [[byte_id[x] for x in k] for k in keys]
+            del keys
+            merges_ids = learn_merges(words, word_counts, tokens, cfg.vocab_size, cfg.min_frequency)
     else:
         # Symbols are characters; the last one of a word carries </w> (Sennrich et al.'s "low</w>").
         texts = [k.decode("utf-8", "surrogateescape") for k in keys]
+        del keys
         alphabet = sorted({c for t in texts for c in t[:-1]} | {t[-1] + END_OF_WORD for t in texts})
         if S + len(alphabet) > cfg.vocab_size:
             raise ValueError(
@@ -103,12 +118,9 @@ def train_tokenizer(
         base = list(specials) + alphabet
         sym_id = {s: i for i, s in enumerate(base)}
         words = [[sym_id[c] for c in t[:-1]] + [sym_id[t[-1] + END_OF_WORD]] for t in texts]
-    del keys
-    tokens = list(base)
-    t1, c1 = time.perf_counter(), time.process_time()
-    merges_ids = learn_merges(words, word_counts, tokens, cfg.vocab_size, cfg.min_frequency)
+        tokens = list(base)
+        merges_ids = learn_merges(words, word_counts, tokens, cfg.vocab_size, cfg.min_frequency, backend=backend)
     t_merge, c_merge = time.perf_counter() - t1, time.process_time() - c1
-    del words
     if len(tokens) < cfg.vocab_size:
         log.warning(
             "tokenizer training stopped early: found %d merges (vocabulary %d of the %d asked for); no pair is "
@@ -120,7 +132,7 @@ def train_tokenizer(
         "bytes": stats.bytes,
         "invalid_utf8_lines": stats.invalid_utf8_lines,
         "long_pretokens_cut": stats.long_pretokens_cut,
-        "unique_pretokens": len(word_counts),
+        "unique_pretokens": n_words,
         "count_tasks": n_tasks,
         "merges_found": len(merges_ids),
         "vocab_size_asked": cfg.vocab_size,
@@ -130,6 +142,7 @@ def train_tokenizer(
         "count_cpu_seconds": round(stats.cpu_seconds, 3),
         "merge_cpu_seconds": round(c_merge, 3),
         "merge_seconds": round(t_merge, 3),
+        "merge_backend": backend,
         "files": stats.files,
     }
     log.info("tokenizer trained: %s", train_stats)
