@@ -189,6 +189,9 @@ class BPETokenizer(Tokenizer):
                 self._results[p] = self._token_id[a + b]
         self._findall = compiled(pattern).findall
         self._cache: dict[str, list[int]] = {}
+        # Rank merging of unseen pre-tokens: "auto" compiles it with numba when installed (same ids).
+        self.merge_backend = "auto"
+        self._table = None
         if kind == "byte_bpe":
             to_char = bytes_to_unicode()
             self._byte_ids = [self._token_id[to_char[b]] for b in range(256)]
@@ -201,23 +204,49 @@ class BPETokenizer(Tokenizer):
 
     # ---- encoding ----------------------------------------------------------------------------
 
-    def _encode_word(self, piece: str) -> list[int]:
-        """One pre-token (already cut to max_pretoken_chars) -> ids."""
+    def _initial_ids(self, piece: str) -> list[int]:
+        """One pre-token (already cut to max_pretoken_chars) -> its base symbols' ids, before merging."""
         if self.kind == "byte_bpe":
-            ids = [self._byte_ids[b] for b in text_to_bytes(piece)]
-        else:
-            symbols = list(piece)
-            symbols[-1] += END_OF_WORD
-            get = self._token_id.get
-            ids = [get(s, self._unk_id) for s in symbols]
-            if None in ids:
-                raise ValueError(f"char_bpe: {piece!r} has characters outside the alphabet and there is no <unk>")
-        return apply_merges(ids, self._ranks, self._results)
+            byte_ids = self._byte_ids
+            return [byte_ids[b] for b in text_to_bytes(piece)]
+        symbols = list(piece)
+        symbols[-1] += END_OF_WORD
+        get = self._token_id.get
+        ids = [get(s, self._unk_id) for s in symbols]
+        if None in ids:
+            raise ValueError(f"char_bpe: {piece!r} has characters outside the alphabet and there is no <unk>")
+        return ids
 
-    def _encode_piece(self, piece: str) -> list[int]:
-        if self.max_pretoken_chars and len(piece) > self.max_pretoken_chars:
-            return [i for part in cut_long(piece, self.max_pretoken_chars) for i in self._encode_word(part)]
-        return self._encode_word(piece)
+    def _rank_table(self):
+        """The compiled merger when numba is there (merge_backend auto/numba), else None (pure Python)."""
+        if self._table is None:
+            from data.tokenizer.bpe import merge_backend
+
+            if merge_backend(self.merge_backend, 1 << 30) == "numba" and self._ranks:
+                from data.tokenizer._bpe_numba import RankTable
+
+                self._table = RankTable(self._ranks, self._results)
+            else:
+                self._table = False
+        return self._table or None
+
+    def _encode_pieces(self, pieces: list[str]) -> list[list[int]]:
+        """Encode unseen pre-tokens, all in one compiled call when numba is available."""
+        words: list[list[int]] = []
+        owner: list[int] = []
+        for k, p in enumerate(pieces):
+            for part in cut_long(p, self.max_pretoken_chars):
+                words.append(self._initial_ids(part))
+                owner.append(k)
+        table = self._rank_table() if len(words) >= 4 else None
+        if table is not None:
+            merged = table.apply_many(words)
+        else:
+            merged = [apply_merges(w, self._ranks, self._results) for w in words]
+        out: list[list[int]] = [[] for _ in pieces]
+        for k, ids in zip(owner, merged):
+            out[k].extend(ids)
+        return out
 
     def encode_ordinary(self, text: str) -> list[int]:
         """encode() with no special tokens recognised."""
@@ -229,14 +258,12 @@ class BPETokenizer(Tokenizer):
             pass
         if len(cache) > CACHE_SIZE:
             cache.clear()
-        out: list[int] = []
-        for p in pieces:
-            ids = cache.get(p)
-            if ids is None:
-                ids = self._encode_piece(p)
-                if len(p) <= 64:  # long pieces are rare and would bloat the cache
-                    cache[p] = ids
-            out.extend(ids)
+        missing = [p for p in dict.fromkeys(pieces) if p not in cache]
+        cache.update(zip(missing, self._encode_pieces(missing)))
+        out = list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        for p in missing:
+            if len(p) > 64:  # long pieces are rare and would bloat the cache
+                del cache[p]
         return out
 
     def encode_batch(self, texts: list[str], *, num_tasks: int = 1) -> list[list[int]]:

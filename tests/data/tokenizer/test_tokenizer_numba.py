@@ -46,3 +46,17 @@ def test_auto_choice():
     assert merge_backend("auto", 10**6) == "numba"
     with pytest.raises(ValueError, match="merge_backend must be"):
         merge_backend("fast", 10)
+
+
+def test_compiled_encoding_identical(small_tok, make_text):
+    from data.tokenizer.tokenizer import BPETokenizer
+
+    text = make_text(100_000, seed=21) + " " + "x" * 900 + " " + "中" * 600
+    py = BPETokenizer(small_tok.kind, small_tok.tokens, small_tok.merges, small_tok.special_tokens,
+                      small_tok.pattern, small_tok.max_pretoken_chars)
+    py.merge_backend = "python"
+    nb = BPETokenizer(small_tok.kind, small_tok.tokens, small_tok.merges, small_tok.special_tokens,
+                      small_tok.pattern, small_tok.max_pretoken_chars)
+    nb.merge_backend = "numba"
+    assert nb.encode(text) == py.encode(text)
+    assert nb._table is not None and nb._table is not False and py._table is False
