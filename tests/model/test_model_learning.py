@@ -44,4 +44,5 @@ def test_tiny_preset_learns_the_task(task):
         history.append((step, round(loss, 4), exact))
         if exact >= TARGET:
             break
+    print(f"{task}: (step, loss, exact match) = {history}")  # shown with -s
     assert history and history[-1][2] >= TARGET, f"{task}: (step, loss, exact match) = {history}"
