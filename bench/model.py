@@ -512,7 +512,6 @@ def _gpu_train(preset: str, compiled: bool, B: int, args, dev, peak) -> dict:
         "compile_s": compile_s,
         "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
     }
-    del model, opt, fwd
     torch.cuda.reset_peak_memory_stats()
     return run
 
