@@ -11,7 +11,7 @@ import pytest
 
 from data.config import DataConfig
 from data.io import DataError
-from data.prepare import REJECT_REASONS, encode_shards, prepare_raw_shards, token_files
+from data.prepare import REJECT_REASONS, encode_shards, prepare_raw_shards, split_of, token_files
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -40,6 +40,8 @@ def test_builtin_balances_and_is_deterministic(tmp_path):
     a = prepare_raw_shards(cfg, str(tmp_path / "a"), seed=5)
     b = prepare_raw_shards(cfg, str(tmp_path / "b"), seed=5)
     c = prepare_raw_shards(cfg, str(tmp_path / "c"), seed=6)
+    assert {k: v for k, v in a.items() if k != "fingerprint"} == {k: v for k, v in b.items() if k != "fingerprint"}
+    assert c["fingerprint"] != a["fingerprint"] == b["fingerprint"]
     assert a["input"] == 600 == a["kept"] + sum(a["rejected"].values()) == a["kept"] + a["rejected_total"]
     assert a["rejected"]["duplicate"] > 0  # small numbers repeat in the generator
     assert set(a["rejected"]) == set(REJECT_REASONS)
@@ -101,6 +103,7 @@ def test_split_of_a_pair_is_stable_when_the_corpus_grows(tmp_path):
     split_b = {(s, t): sp for s, t, sp in _rows(tmp_path / "b")}
     assert len(split_a) == 400 and len(split_b) == 700
     assert all(split_b[k] == v for k, v in split_a.items())
+    assert all(split_of(s, t, 0.1, 0.1) == sp for (s, t), sp in split_b.items())  # one function, anywhere
     assert {"train", "valid", "test"} == set(split_a.values())
 
 
