@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.config import DataConfig
+from data.faults import maybe_kill
 from data.io import (
     DataError,
     atomic_path,
@@ -536,6 +537,7 @@ def _encode_shard(
     tokenizer_loader: Callable[[str], Any],
     write_rejects: bool = False,
 ) -> dict:
+    maybe_kill("encode")  # durability tests: a worker lost mid-task (no-op unless injected)
     t_start = time.perf_counter()
     tokenize_s = 0.0
     tok = tokenizer_loader(tokenizer_dir)

@@ -101,7 +101,7 @@ def run_pipeline(
             for name, r in results.items():
                 mlflow.set_tag(f"tpipe.step.{name}", f"{'cached' if r.cached else 'done'} {r.key}")
             if "prepare" in results:
-                for f in ("data_report.json", "length_histogram.png"):
+                for f in ("data_report.json", "lengths.png"):
                     log_artifact_file(results["prepare"].out_dir / f, "data")
             if "tokenizer" in results:
                 for f in ("vocab.json", "merges.txt", "tokenizer.json"):

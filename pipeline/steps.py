@@ -51,6 +51,7 @@ def encode(ctx: StepContext) -> dict[str, Any]:
         str(ctx.out_dir),
         max_tokens_per_side=ctx.cfg.data.max_tokens_per_side,
         config_hash=ctx.cfg.fingerprint("data", "tokenizer"),
+        write_rejects=ctx.cfg.data.write_rejects,
     )
     return {"rows": {split: sum(s["rows"] for s in shards) for split, shards in manifest["splits"].items()}}
 
@@ -150,7 +151,8 @@ def _split_texts(shards: list[str], split: str, limit: int | None = None) -> lis
 STEPS = [
     Step("prepare", prepare, ("seed", "data"), description="read, clean, split and shard the corpus (Ray tasks)"),
     Step("tokenizer", tokenizer, ("seed", "tokenizer"), ("prepare",), description="train the tokenizer (Ray tasks)"),
-    Step("encode", encode, ("data.max_tokens_per_side",), ("prepare", "tokenizer"), description="token-id shards (Ray tasks)"),
+    Step("encode", encode, ("data.max_tokens_per_side", "data.write_rejects"), ("prepare", "tokenizer"),
+         description="token-id shards (Ray tasks)"),
     Step("train", train, ("seed", "model", "train", "eval"), ("prepare", "tokenizer", "encode"), description="Ray Train + Lightning DDP"),
 ]
 
