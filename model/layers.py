@@ -23,10 +23,9 @@ from model.config import ModelConfig
 class TokenEmbedding(nn.Module):
     """Token ids -> vectors scaled by √d_model (section 3.4), so they are not drowned by the positions."""
 
-    def __init__(self, vocab_size: int, d_model: int, pad_id: int):
+    def __init__(self, vocab_size: int, d_model: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
-        self.pad_id = pad_id
         self.scale = math.sqrt(d_model)
 
     def forward(self, ids: Tensor) -> Tensor:

@@ -125,7 +125,7 @@ class Transformer(nn.Module):
             if getattr(cfg, name) >= cfg.vocab_size:
                 raise ValueError(f"model.{name}={getattr(cfg, name)} is outside the vocabulary of {cfg.vocab_size}")
         self.cfg = cfg
-        self.embed_tokens = TokenEmbedding(cfg.vocab_size, cfg.d_model, cfg.pad_id)
+        self.embed_tokens = TokenEmbedding(cfg.vocab_size, cfg.d_model)
         self.pos_embed, self.rotary = build_positions(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder = Encoder(cfg, self.rotary)

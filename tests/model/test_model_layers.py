@@ -49,7 +49,7 @@ def test_positions_past_max_seq_len_are_refused():
 
 
 def test_token_embedding_is_scaled_by_sqrt_d_model():
-    emb = TokenEmbedding(10, 16, pad_id=0)
+    emb = TokenEmbedding(10, 16)
     torch.nn.init.normal_(emb.weight)
     ids = torch.tensor([[3, 4]])
     torch.testing.assert_close(emb(ids), emb.weight[ids] * 4.0)
