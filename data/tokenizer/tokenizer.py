@@ -364,8 +364,12 @@ class BPETokenizer(Tokenizer):
 
     def hf_json(self) -> dict[str, Any]:
         """A tokenizer.json that `tokenizers.Tokenizer.from_file` loads and that encodes as we do."""
+        byte = self.kind == "byte_bpe"
+        # char_bpe's words are the runs of non-space characters: HF's WhitespaceSplit drops the spaces.
         splits: list[dict[str, Any]] = [
             {"type": "Split", "pattern": {"Regex": self.pattern}, "behavior": "Isolated", "invert": False}
+            if byte
+            else {"type": "WhitespaceSplit"}
         ]
         if self.max_pretoken_chars:
             splits.append(
@@ -376,7 +380,6 @@ class BPETokenizer(Tokenizer):
                     "invert": False,
                 }
             )
-        byte = self.kind == "byte_bpe"
         if byte:
             splits.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False})
             decoder = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}

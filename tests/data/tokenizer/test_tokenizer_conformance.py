@@ -98,3 +98,11 @@ def test_one_and_four_ray_tasks_give_identical_merges(ray2, tmp_path, make_text)
     assert one.merges == four.merges and one.fingerprint == four.fingerprint
     texts = make_text(20_000, seed=99).split("\n")
     assert four.encode_batch(texts, num_tasks=2) == [four.encode(t) for t in texts]
+
+
+def test_hf_loads_char_bpe_tokenizer_json(corpus_file, tmp_path, make_text):
+    tok = train_tokenizer(TokenizerConfig(kind="char_bpe", vocab_size=3000, num_workers=1), [str(corpus_file)])
+    tok.save(tmp_path)
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = make_text(100_000, seed=8) + " ⓩunseen"
+    assert tok.encode(text) == hf.encode(text, add_special_tokens=False).ids
