@@ -75,7 +75,7 @@ def _reference(m: Transformer) -> nn.Transformer:
     return ref.eval()
 
 
-@pytest.mark.filterwarnings("ignore:.*nested tensor:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*nested.tensor:UserWarning")
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
 def test_logits_equal_torch_nn_transformer_with_copied_weights(norm_position):
     torch.manual_seed(0)
