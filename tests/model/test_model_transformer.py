@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from model_testlib import ALL_OPTIONS, PAD, V, option_id, small_cfg, tokens
 
 from model.config import ModelConfig
@@ -191,3 +193,35 @@ def test_dropout_is_active_in_training_only():
     torch.testing.assert_close(m(src, tgt), m(src, tgt))
     m.train()
     assert not torch.allclose(m(src, tgt), m(src, tgt))
+
+
+_HYPO_MODEL: dict[str, Transformer] = {}
+
+
+def _hypo_model(positional: str) -> Transformer:
+    if positional not in _HYPO_MODEL:
+        _HYPO_MODEL[positional] = _model(positional=positional)
+    return _HYPO_MODEL[positional]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    positional=st.sampled_from(["sinusoidal", "rope", "learned"]),
+    lengths=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 7)), min_size=1, max_size=4),
+    extra=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    seed=st.integers(0, 2**16),
+)
+def test_ragged_padded_batches_equal_each_sentence_alone(positional, lengths, extra, seed):
+    """Any mix of lengths, plus any extra padding columns: each row's logits are those it gets alone."""
+    m = _hypo_model(positional)
+    g = torch.Generator().manual_seed(seed)
+    S, T = max(s for s, _ in lengths) + extra[0], max(t for _, t in lengths) + extra[1]
+    src, tgt = torch.full((len(lengths), S), PAD), torch.full((len(lengths), T), PAD)
+    rows = []
+    for i, (s, t) in enumerate(lengths):
+        rs, rt = tokens(g, 1, s), tokens(g, 1, t)
+        src[i, :s], tgt[i, :t] = rs[0], rt[0]
+        rows.append((rs, rt))
+    batched = m(src, tgt)
+    for i, (rs, rt) in enumerate(rows):
+        torch.testing.assert_close(batched[i, : rt.size(1)], m(rs, rt)[0], rtol=1e-5, atol=1e-5)
