@@ -8,7 +8,7 @@
 # = recomputation). Exits non-zero if a check fails or a variant errors. Every number is in each part's
 # JSON last line, and in $OUT/gpu_bench_{mixed,true}.json when $OUT is set.
 #
-#   bash bench/gpu.sh                        # batch 256 x (128 + 128) tokens, V = 32768; ~4 minutes
+#   bash bench/gpu.sh                        # batch 256 x (128 + 128) tokens, V = 32768; 128 s on an H200
 #   bash bench/gpu.sh --profile-top 20       # extra arguments go to both `bench/model.py gpu` parts
 #   PYTHON=/path/to/python bash bench/gpu.sh
 #
