@@ -18,6 +18,7 @@ occurrences, left to right) until no pair has a rank. This equals applying the m
 from __future__ import annotations
 
 import heapq
+import importlib.util
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -46,11 +47,9 @@ def merge_backend(choice: str, n_words: int) -> str:
         raise ValueError(f"tokenizer.merge_backend must be auto, python or numba, got {choice!r}")
     if choice == "python":
         return "python"
-    try:
-        import numba  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("numba") is None:
         if choice == "numba":
-            raise ValueError("tokenizer.merge_backend=numba but numba is not installed (pip install numba)") from None
+            raise ValueError("tokenizer.merge_backend=numba but numba is not installed (pip install numba)")
         return "python"
     return "numba" if choice == "numba" or n_words >= NUMBA_MIN_WORDS else "python"
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from data.tokenizer import TokenizerConfig, train_tokenizer
 from data.tokenizer.bpe import _apply_merges_heap, apply_merges, count_pairs, learn_merges, trace_merges
 from data.tokenizer.pretokenize import byte_order, bytes_to_unicode, cut_long

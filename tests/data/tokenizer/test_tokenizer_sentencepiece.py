@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from data.tokenizer import TokenizerConfig, TokenizerFileError, load_tokenizer, train_tokenizer
