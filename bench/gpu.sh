@@ -51,6 +51,13 @@ if [ "$rc" -ne 0 ]; then
   status=$rc
 fi
 
-# (training section: appended by the pipeline, below this line)
+echo "== training (issue 6): tpipe's LightningModule vs a plain PyTorch loop, base, bf16, one GPU (torch + Lightning, no Ray)"
+timeout --signal=INT --kill-after=10 120 "$PY" -u bench/gpu_train.py --model base --steps 60 --warmup 10 \
+  2>&1 | tee "$LOG_DIR/gpu_bench_train.log"
+rc=${PIPESTATUS[0]}
+if [ "$rc" -ne 0 ]; then
+  echo "training section exited with $rc" >&2
+  status=$rc
+fi
 
 exit $status

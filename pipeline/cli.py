@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.set_defaults(func=cmd_submit)
 
     j = sub.add_parser("jobs", help="list, inspect, read or stop submitted jobs")
-    j.add_argument("action", choices=["list", "status", "logs", "stop"])
+    j.add_argument("action", choices=["list", "status", "logs", "stop"], help="list jobs, or the status, logs or stop of one")
     j.add_argument("job_id", nargs="?", help="submission id (not for list)")
     j.add_argument("--address", default=None, help="the cluster's job API (default $RAY_ADDRESS)")
     j.set_defaults(func=cmd_jobs)
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_translate)
 
     u = sub.add_parser("ui", help="open the MLflow UI for the configured store on 127.0.0.1")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     u.set_defaults(func=cmd_ui)
 
     try:

@@ -127,3 +127,19 @@ def test_unreachable_tracking_server_is_a_clear_bounded_error(tmp_path):
     assert time.perf_counter() - t0 < 60
     assert not (tmp_path / "home" / "artifacts").exists() and not (tmp_path / "home" / "runs").exists()
     assert "ray: started" not in proc.stdout  # Ray was never started
+
+
+def test_every_command_has_help():
+    """`tpipe --help` and each command's --help describe every option (tokenizer commands included)."""
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"run", "config", "status", "evaluate", "translate", "ui", "submit", "jobs", "tokenizer"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help" and not isinstance(action, type(sub)):
+                assert action.help, f"tpipe {name}: option {action.dest} has no help"
+    run_help = sub.choices["run"].format_help()
+    for option in ("--address", "--from", "--until", "--json", "key=value"):
+        assert option in run_help
