@@ -187,7 +187,7 @@ def test_resume_at_an_epoch_boundary_keeps_step_with_the_trainer(corpus):
     assert [row_ids(b) for b in resumed] == e1
 
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -207,7 +207,13 @@ def test_any_corpus_partitions_exactly_over_ranks(tmp_path_factory, lengths, wor
     loaders = [make([path], max_tokens=max_tokens, seed=seed, rank=r, world_size=world_size, pool_rows=50,
                     shuffle=shuffle)
                for r in range(world_size)]
-    n = len(loaders[0])
+    try:
+        n = len(loaders[0])
+    except ValueError as e:
+        # Every batch is one row and their count is not a multiple of the ranks: no equal, disjoint,
+        # complete partition exists, and the loader says so rather than drop or repeat a record.
+        assert "single-row batches evenly over" in str(e)
+        assume(False)
     assert all(len(x) == n for x in loaders)
     seen = []
     for x in loaders:

@@ -21,3 +21,18 @@ def tpipe_home(home: Path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def fresh_ray(**init_kwargs):
+    """A Ray of this module's own: one left running by another test folder's session fixture is
+    shut down first (ray.init refuses a second), and ours is shut down afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(**init_kwargs)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

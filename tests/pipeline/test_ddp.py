@@ -77,14 +77,13 @@ def train_with(workers: int, out: str, steps: int, storage: str) -> dict[str, to
 def ray_cluster():
     import sys
 
-    import ray
+    from pipeline_testlib import fresh_ray
     from ray import cloudpickle
 
     # Workers cannot import this test module: ship its functions by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, dashboard_host="127.0.0.1")
-    yield
-    ray.shutdown()
+    with fresh_ray(num_cpus=2, dashboard_host="127.0.0.1"):
+        yield
 
 
 def test_two_workers_equal_one_worker_on_the_combined_batch(ray_cluster, tmp_path):

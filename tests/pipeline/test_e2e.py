@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_testlib import tpipe_home
+from pipeline_testlib import fresh_ray, tpipe_home
 
 pytestmark = pytest.mark.e2e
 
@@ -22,12 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    import ray
-
-    with tpipe_home(tmp_path_factory.mktemp("tpipe-home")) as home:
-        ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=True)
+    with tpipe_home(tmp_path_factory.mktemp("tpipe-home")) as home, fresh_ray(num_cpus=2, dashboard_host="127.0.0.1"):
         yield home
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

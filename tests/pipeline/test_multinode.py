@@ -16,6 +16,8 @@ def two_nodes(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
     with tpipe_home(tmp_path_factory.mktemp("home")) as home:
+        if ray.is_initialized():  # another folder's session-wide Ray
+            ray.shutdown()
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_host": "127.0.0.1"})
         cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address)
