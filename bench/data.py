@@ -70,7 +70,7 @@ def run_steps(corpus: str, fmt: str, workers: int, work: str, tokenizer_dir: str
     from data.config import DataConfig
     from data.prepare import encode_shards, prepare_raw_shards
 
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         cfg = DataConfig(
             source="files", paths=[corpus], format=fmt, src_lang="en", tgt_lang="de", n_shards=4, chunk_mb=8,

@@ -54,7 +54,7 @@ def timed(fn):
 def train_ours(corpus: Path, vocab_size: int, workers: int, out_dir: Path):
     import ray
 
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         cfg = TokenizerConfig(vocab_size=vocab_size, min_frequency=2, num_workers=workers, special_tokens=SPECIALS)
         tok, wall, cpu = timed(lambda: train_tokenizer(cfg, [str(corpus)]))
@@ -191,7 +191,7 @@ def main() -> int:
 
     import ray
 
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     try:
         cold = load_tokenizer(work / "ours")
         ray.get(ray.remote(lambda: 0).remote())  # workers up before the clock starts

@@ -122,7 +122,7 @@ def main() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     import ray
 
-    ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
     cfg, results = prepare(home, args.model, args.max_tokens)
     from pipeline.steps import token_shards
 

@@ -27,6 +27,7 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return True
     ray.init(
+        address="local",  # always a Ray of our own: never a stale or foreign `ray start` cluster on this machine
         num_cpus=num_cpus,
         logging_level=logging.WARNING,
         log_to_driver=True,

@@ -85,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         import ray
 
         if not ray.is_initialized():
-            ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
             started_ray = True
     try:
         tok = train_tokenizer(cfg, args.input, text_columns=tuple(args.text_columns), split=args.split or None)

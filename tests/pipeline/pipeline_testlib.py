@@ -31,7 +31,7 @@ def fresh_ray(**init_kwargs):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(**init_kwargs)
+    ray.init(address="local", **init_kwargs)  # never join another cluster on this machine
     try:
         yield ray
     finally:
