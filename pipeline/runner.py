@@ -66,7 +66,7 @@ def run_pipeline(
             "set MLFLOW_TRACKING_URI (or mlflow.tracking_uri) to a tracking server, e.g. http://HOST:5000"
         )
     check_tracking_server(tracking_uri)  # before Ray starts or anything is written
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # Ray workers started from here inherit it
+    # (Ray Train workers get tracking_uri explicitly in their config, not through the environment.)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     setup_mlflow(tracking_uri, cfg.mlflow.experiment, home)
     mlflow.set_experiment(cfg.mlflow.experiment)

@@ -165,24 +165,35 @@ def _kill_everything_of(home: Path) -> None:
             continue
 
 
-def _run_until(home: Path, pattern: str, timeout: float = 600) -> str:
-    """Start `tpipe run smoke` in its own home and kill it (and its Ray) when `pattern` is printed."""
+def _run_until(home: Path, pattern: str | None = None, checkpoint: bool = False, timeout: float = 600) -> str:
+    """Start `tpipe run smoke` in its own home and kill it (and its Ray) as soon as `pattern` is
+    printed, or as soon as a training checkpoint with Lightning state exists on disk."""
     import re
+    import threading
 
     env = {**os.environ, "TPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    env.pop("TPIPE_INJECT_KILL_WORKER", None)
+    for k in ("TPIPE_INJECT_KILL_WORKER", "MLFLOW_TRACKING_URI"):
+        env.pop(k, None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "smoke"], cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    seen = []
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
+    reader.start()
     deadline = time.time() + timeout
-    for line in proc.stdout:
-        seen.append(line)
-        if re.search(pattern, line) or time.time() > deadline:
+    while time.time() < deadline and proc.poll() is None:
+        if pattern is not None and any(re.search(pattern, line) for line in list(seen)):
             break
+        # the step-15 checkpoint, once Ray Train has recorded it in its run snapshot (what a re-run
+        # restores from); the kill lands a few steps later, before step 30
+        if checkpoint and any("checkpoint_" in p.read_text(errors="replace")
+                              for p in home.glob("ray_results/train-*/checkpoint_manager_snapshot.json")):
+            break
+        time.sleep(0.02)
     _kill_everything_of(home)
     proc.wait(timeout=60)
+    reader.join(timeout=10)
     return "".join(seen)
 
 
@@ -197,11 +208,13 @@ def test_driver_killed_during_encode_and_train_continues_identically(first_run, 
     home = tmp_path / "home"
     out1 = _run_until(home, r"▶ encode")
     assert "✓ tokenizer" in out1
-    out2 = _run_until(home, r"\[train\].*step (1[6-9]|2\d)/30")  # after the step-15 checkpoint
+    out2 = _run_until(home, checkpoint=True)
     assert "reused" in out2 and "▶ prepare" not in out2 and "▶ tokenizer" not in out2
+    assert not list((home / "artifacts" / "train").glob("*/_COMPLETE.json")), "killed too late: training had finished"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", "smoke", "--json"], cwd=REPO,
-        env={**os.environ, "TPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1"},
+        env={**env, "TPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1"},
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -220,6 +233,10 @@ def test_driver_killed_during_encode_and_train_continues_identically(first_run, 
     resumed = load_file(str(art / "train" / ref["train"].key / "package" / "model.safetensors"))
     reference = load_file(str(ref["train"].out_dir / "package" / "model.safetensors"))
     for name, value in reference.items():
+        if name.endswith("k_proj.bias"):
+            # an exactly-zero gradient (softmax is shift-invariant): Adam turns its float round-off,
+            # which differs between processes, into lr-sized steps (see test_ddp.py)
+            continue
         assert torch_allclose(resumed[name], value), name
 
 
