@@ -60,16 +60,9 @@ def small_tok(corpus_file):
 
 
 @pytest.fixture(scope="session")
-def ray2():
-    """A real local Ray with 2 CPUs, shared with any other fixture that already started one."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
+def ray2(ray_local):
+    """The session's real local Ray with 2 CPUs (tests/data/conftest.py starts and stops it)."""
+    return ray_local
 
 
 GPT2_SDIST = "openai-whisper==20250625"
