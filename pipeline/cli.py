@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig, describe, load_config
 
@@ -88,16 +87,14 @@ def cmd_status(args) -> int:
 
 
 def _setup_tracking() -> str:
-    from pipeline.home import Home
-    from pipeline.tracking import setup_mlflow
-
-    home = Home.resolve()
-    uri = home.tracking_uri()
+    """Point MLflow (tracking and registry) at the configured store; returns its URI."""
     import mlflow
 
+    from pipeline.home import Home
+
+    uri = Home.resolve().tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    del setup_mlflow
     return uri
 
 

@@ -36,10 +36,6 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def is_local_store(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
-
-
 def run_pipeline(
     cfg: PipelineConfig,
     *,

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pipeline.tracking import is_local_store
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Never uploaded: environments, run stores and data (Ray caps a working_dir's size).
 EXCLUDES = [".venv", ".git", ".tpipe", "mlruns", "mlartifacts", "mlflow.db", "*.parquet", "__pycache__",
@@ -42,8 +44,7 @@ def tracking_uri_for_cluster(address: str, configured: str | None) -> str:
         from pipeline.home import Home
 
         uri = Home.resolve().tracking_uri()
-    local = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
-    if local and not _is_loopback(address):
+    if is_local_store(uri) and not _is_loopback(address):
         raise SubmitError(
             f"MLflow store {uri} is a file on this machine, which the cluster at {address} cannot reach; "
             "use a tracking server: set MLFLOW_TRACKING_URI=http://HOST:5000 (see docs/cluster.md)"
@@ -61,8 +62,7 @@ def submit(address: str, items: list[str], *, tracking_uri: str | None = None, r
     """Submit `tpipe run ITEMS` as a Ray job; returns the submission id."""
     uri = tracking_uri_for_cluster(address, tracking_uri)
     env = {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    local_store = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
-    if local_store and "TPIPE_HOME" in os.environ:  # the cluster is this machine: share its home
+    if is_local_store(uri) and "TPIPE_HOME" in os.environ:  # the cluster is this machine: share its home
         env["TPIPE_HOME"] = os.environ["TPIPE_HOME"]
     env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
     held_here = [k for k in SECRET_ENV if k in os.environ]

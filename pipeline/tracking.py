@@ -10,6 +10,11 @@ from typing import Any
 from pipeline.home import Home
 
 
+def is_local_store(uri: str) -> bool:
+    """A store on this machine's disk (sqlite, file, a bare path), not a tracking server."""
+    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+
+
 class TrackingUnreachable(RuntimeError):
     """The MLflow tracking server did not answer within the bounded retries."""
 
