@@ -61,7 +61,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     callbacks: list[L.Callback] = [
         ReportOnValidation(),  # a Ray Train checkpoint after every validation, scored by val_loss
-        TrainingState(train_loader),  # loader position + RNG states inside each checkpoint
+        TrainingState(train_loader, cfg.seed),  # loader position in each checkpoint; RNG seeded per batch
         _ProgressPrinter(tcfg.max_steps),
     ]
     if config.get("inject_kill"):  # fault-tolerance tests only: see run_training
@@ -115,7 +115,7 @@ def train_func(config: dict[str, Any]) -> None:
     trainer.fit(
         module,
         train_dataloaders=_Batches(train_loader),
-        val_dataloaders=val_loader,
+        val_dataloaders=_FullPasses(val_loader),
         ckpt_path=ckpt_path,
         weights_only=True,  # checkpoints hold tensors and plain Python values only
     )
@@ -189,15 +189,36 @@ class _Batches:
         return len(self.loader)
 
 
-class TrainingState(_callback_base()):
-    """What Lightning's checkpoint lacks for an exact resume: the loader's position and the RNG states.
+class _FullPasses:
+    """The validation loader as an iterable that starts from its first batch on every pass.
 
-    The position counts batches *consumed* by training steps, not batches fetched (Lightning
-    prefetches one). RNG states are rank 0's; every rank seeds identically, so they are everyone's.
+    Lightning stops after len() batches without exhausting the generator, so the loader's own
+    position would stay at the end and every second validation would see no batches at all.
     """
 
     def __init__(self, loader):
         self.loader = loader
+
+    def __iter__(self):
+        self.loader.load_state_dict({"epoch": 0, "position": 0})
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class TrainingState(_callback_base()):
+    """What Lightning's checkpoint lacks for an exact resume: the loader's position and the RNG.
+
+    The position counts batches *consumed* by training steps, not batches fetched (Lightning
+    prefetches one). The RNG is not saved but re-derived: before every batch, torch's generator is
+    seeded from (seed, rank, epoch, position). Each rank draws a different number of dropout bits
+    (batch shapes differ), so one saved RNG state could not serve every rank; a state that is a
+    function of the position needs nothing saved and is the same however the run got there.
+    """
+
+    def __init__(self, loader, seed: int):
+        self.loader, self.seed = loader, seed
         self.epoch, self.consumed = 0, 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -206,36 +227,28 @@ class TrainingState(_callback_base()):
         if self.epoch != trainer.current_epoch:
             self.epoch, self.consumed = trainer.current_epoch, 0
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import torch
+
+        torch.manual_seed(batch_seed(self.seed, trainer.global_rank, self.epoch, self.consumed))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.epoch, self.consumed = trainer.current_epoch, self.consumed + 1
 
     def state_dict(self) -> dict:
-        import random
-
-        import numpy as np
-        import torch
-
-        np_state = np.random.get_state()
-        return {
-            "loader": {"epoch": self.epoch, "position": self.consumed},
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-            # as plain lists, so checkpoints load with weights_only=True
-            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        }
+        return {"loader": {"epoch": self.epoch, "position": self.consumed}}
 
     def load_state_dict(self, state: dict) -> None:
-        import random
-
-        import numpy as np
-        import torch
-
         self.epoch, self.consumed = state["loader"]["epoch"], state["loader"]["position"]
         self.loader.load_state_dict({"epoch": self.epoch, "position": self.consumed})
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python_rng"]))
-        kind, keys, *rest = state["numpy_rng"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+def batch_seed(seed: int, rank: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for one training batch on one rank (stable across processes and platforms)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{rank}:{epoch}:{position}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class _KillOnce(_callback_base()):
