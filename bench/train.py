@@ -12,6 +12,9 @@ corpus, prepared once by the pipeline's own prepare/tokenizer/encode steps) with
 
 tokens/s = padded source + target tokens per second, measured after `--warmup` steps, from the
 same in-loop clock for all three (tpipe's is the train/tokens_per_s metric logged by rank 0).
+The three run interleaved, `--repeats` rounds, and the table gives each one's median: on a shared
+2-core machine the same loop's speed drifts by 10-15 % from minute to minute, so one round apiece
+would compare the machine's moods, not the loops.
 Target: tpipe 1w within 10% of plain. Prints a table, then one JSON object as the last line.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -115,6 +119,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--model", default="tiny")
     p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the table shows medians")
     args = p.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="tpipe-bench-train-"))
@@ -127,13 +132,18 @@ def main() -> None:
     from pipeline.steps import token_shards
 
     shards = token_shards(results["encode"].out_dir, "train")
-    plain = plain_loop(cfg, results["tokenizer"].out_dir, shards, args.steps, args.warmup)
-    one = tpipe_run(cfg, results, 1, args.steps, args.warmup, home)
-    two = tpipe_run(cfg, results, 2, args.steps, args.warmup, home)
+    runs: dict[str, list[float]] = {"plain": [], "1w": [], "2w": []}
+    for r in range(args.repeats):
+        runs["plain"].append(plain_loop(cfg, results["tokenizer"].out_dir, shards, args.steps, args.warmup))
+        runs["1w"].append(tpipe_run(cfg, results, 1, args.steps, args.warmup, home))
+        runs["2w"].append(tpipe_run(cfg, results, 2, args.steps, args.warmup, home))
+        print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()), flush=True)
     ray.shutdown()
+    plain, one, two = (statistics.median(runs[k]) for k in ("plain", "1w", "2w"))
 
     rows = [("plain loop (1 process)", plain), ("tpipe, 1 Ray Train worker", one), ("tpipe, 2 Ray Train workers", two)]
-    print(f"model {args.model}, {args.steps} steps ({args.warmup} warm-up), max_tokens {args.max_tokens}/worker, 1 thread/worker")
+    print(f"model {args.model}, {args.steps} steps ({args.warmup} warm-up), max_tokens {args.max_tokens}/worker, "
+          f"1 thread/worker, median of {args.repeats} interleaved rounds")
     print(f"{'':30s} {'tokens/s':>10s} {'vs plain':>9s}")
     for name, v in rows:
         print(f"{name:30s} {v:10.0f} {v / plain:9.2f}")
@@ -141,6 +151,7 @@ def main() -> None:
         "model": args.model, "steps": args.steps, "max_tokens": args.max_tokens,
         "plain_tokens_per_s": round(plain), "tpipe_1w_tokens_per_s": round(one), "tpipe_2w_tokens_per_s": round(two),
         "tpipe_1w_vs_plain": round(one / plain, 3), "tpipe_2w_vs_plain": round(two / plain, 3),
+        "repeats": args.repeats, "rounds": {k: [round(x) for x in v] for k, v in runs.items()},
         "target_1w_within_10pct": one >= 0.9 * plain,
     }))
 
