@@ -112,6 +112,9 @@ class PipelineConfig:
 
     seed: int = field(default=1234, metadata={"min": 0, "help": "one seed for data, tokenizer and training"})
     run_name: str = field(default="tpipe", metadata={"help": "prefix of the MLflow run name"})
+    artifact_root: str = field(default="", metadata={
+        "help": "where step outputs live: empty = $TPIPE_HOME/artifacts; a folder, or a URI pyarrow opens "
+                "(s3://bucket/prefix, gs://...), mirrored locally in $TPIPE_HOME/artifacts"})
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

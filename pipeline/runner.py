@@ -10,10 +10,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import RemoteRoot, is_remote
 from pipeline.config import PipelineConfig
 from pipeline.home import Home
 from pipeline.steps import STEPS
 from pipeline.workflow import PipelineRun, Step, code_version
+
+
+def artifact_root(cfg: PipelineConfig, home: Home) -> tuple[Path, RemoteRoot | None]:
+    """The local folder steps write to, and the remote root it mirrors (or None).
+
+    A remote root is checked here, before Ray starts, so a wrong bucket or missing credentials fail
+    in a second with the URI in the message rather than after the first step.
+    """
+    root = cfg.artifact_root
+    if not root:
+        return home.artifacts, None
+    if not is_remote(root):
+        return Path(root.removeprefix("file://")).expanduser().resolve(), None
+    try:
+        remote = RemoteRoot(root)
+        remote.check()
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+    return home.artifacts, remote
 
 
 def connect_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -62,6 +82,7 @@ def run_pipeline(
             "set MLFLOW_TRACKING_URI (or mlflow.tracking_uri) to a tracking server, e.g. http://HOST:5000"
         )
     check_tracking_server(tracking_uri)  # before Ray starts or anything is written
+    artifacts, remote = artifact_root(cfg, home)
     # (Ray Train workers get tracking_uri explicitly in their config, not through the environment.)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     setup_mlflow(tracking_uri, cfg.mlflow.experiment, home)
@@ -85,7 +106,8 @@ def run_pipeline(
         except Exception:
             parent_id = None  # the store was reset; start a new parent run
     run = PipelineRun(
-        cfg, steps or STEPS, home.artifacts, run_dir, on_event=printer.event, step_scope=mlflow_step_run, version=version
+        cfg, steps or STEPS, artifacts, run_dir, on_event=printer.event, step_scope=mlflow_step_run, version=version,
+        remote=remote,
     )
     try:
         with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"{cfg.run_name}-pipeline") as parent:

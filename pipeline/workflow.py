@@ -9,6 +9,9 @@ Ray Workflows was removed after Ray 2.47, so durability is ours:
   a `_COMPLETE.json` marker inside. A folder with the marker is done; anything else is not.
 * Re-running skips every step whose output exists and verifies, so a run killed at any point
   continues where it stopped (long steps, i.e. training, also resume from their own checkpoints).
+* With a remote artifact root (`artifact_root: s3://...`, pipeline/artifacts.py) the local folder
+  is its cache: a finished output is uploaded with its marker last, and an output found only
+  remotely is downloaded before it is used. Another machine sharing the root reuses the outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import RemoteRoot
 from pipeline.config import PipelineConfig
 
 MARKER = "_COMPLETE.json"
@@ -85,13 +89,14 @@ class PipelineRun:
 
     cfg: PipelineConfig
     steps: list[Step]
-    artifacts: Path
+    artifacts: Path  # local step outputs; the cache of `remote` when there is one
     run_dir: Path
     on_event: Callable[[str, Step, dict[str, Any]], None] = lambda event, step, info: None
     # Wraps each executed step, e.g. in a nested MLflow run (pipeline/runner.py): (step, key, state_dir).
     step_scope: Callable[[Step, str, Path], AbstractContextManager] = lambda step, key, state_dir: nullcontext()
     results: dict[str, StepResult] = field(default_factory=dict)
     version: str = field(default_factory=code_version)
+    remote: RemoteRoot | None = None
 
     def step_key(self, step: Step) -> str:
         d = self.cfg.to_dict()
@@ -119,6 +124,13 @@ class PipelineRun:
         key = self.step_key(step)
         final = self.artifacts / step.name / key
         marker = final / MARKER
+        if not force and self.remote is not None:
+            if not marker.exists() and self.remote.has(step.name, key):
+                if final.exists():  # an unfinished local attempt: the remote output replaces it
+                    shutil.rmtree(final)
+                self.remote.download(step.name, key, final)
+            elif marker.exists() and not self.remote.has(step.name, key):
+                self.remote.upload(final, step.name, key)  # made before the root was set, or upload cut short
         if marker.exists() and not force:
             summary = json.loads(marker.read_text(encoding="utf-8"))["summary"]
             if step.verify is None or step.verify(final, summary):
@@ -150,6 +162,8 @@ class PipelineRun:
             encoding="utf-8",
         )
         os.replace(tmp, final)  # atomic: the output appears complete or not at all
+        if self.remote is not None:
+            self.remote.upload(final, step.name, key)  # marker last: complete there too, or not at all
         shutil.rmtree(final.with_name(f".{key}.old"), ignore_errors=True)
         shutil.rmtree(state_dir, ignore_errors=True)
         result = StepResult(step.name, key, final, summary, cached=False, seconds=seconds)

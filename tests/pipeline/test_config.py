@@ -39,7 +39,7 @@ def test_round_trip_through_dict():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("foo=1", "unknown key 'foo'; allowed: seed, run_name, data"),
+        ("foo=1", "unknown key 'foo'; allowed: seed, run_name, artifact_root, data"),
         ("train.lrr=1", "unknown key 'train.lrr'; allowed: num_workers"),
         ("model.dmodel=8", "unknown key 'model.dmodel'"),
         ("train.lr=abc", "train.lr: expected float, got 'abc'"),

@@ -1,0 +1,202 @@
+"""The workflow with an s3:// artifact root, against a real S3 endpoint on 127.0.0.1 (moto_server).
+
+pyarrow's S3 client talks HTTP to it exactly as to AWS; the endpoint goes in the URI
+(`?endpoint_override=...&scheme=http`), credentials in the usual AWS variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from pipeline_testlib import fresh_ray, tpipe_home
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 with one bucket; yields a function making artifact-root URIs."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="tpipe-test", AWS_SECRET_ACCESS_KEY="tpipe-test", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"moto_server did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(0.2)
+        requests.put(f"http://127.0.0.1:{port}/tpipe-artifacts", timeout=10).raise_for_status()  # the bucket
+
+        def uri(prefix: str) -> str:
+            return f"s3://tpipe-artifacts/{prefix}?endpoint_override=127.0.0.1:{port}&scheme=http"
+
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _listing(uri: str) -> dict[str, bytes]:
+    from pipeline.artifacts import RemoteRoot
+    import pyarrow.fs as pafs
+
+    root = RemoteRoot(uri)
+    out = {}
+    for info in root.fs.get_file_info(pafs.FileSelector(root.base, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            with root.fs.open_input_stream(info.path) as f:
+                out[os.path.relpath(info.path, root.base)] = f.read()
+    return out
+
+
+def _toy_run(artifacts: Path, remote_uri: str, calls: list[str], tmp: Path):
+    from pipeline.artifacts import RemoteRoot
+    from pipeline.config import PipelineConfig
+    from pipeline.workflow import PipelineRun, Step
+
+    def make(ctx):
+        calls.append("make")
+        (ctx.out_dir / "sub").mkdir()
+        (ctx.out_dir / "sub" / "numbers.txt").write_text("1 2 3\n")
+        return {"n": 3}
+
+    def double(ctx):
+        calls.append("double")
+        nums = (ctx.input_dir("make") / "sub" / "numbers.txt").read_text().split()
+        (ctx.out_dir / "doubled.txt").write_text(" ".join(str(2 * int(x)) for x in nums))
+        return {"sum": 2 * sum(int(x) for x in nums)}
+
+    steps = [Step("make", make, ("seed",)), Step("double", double, ("seed",), ("make",))]
+    run_dir = tmp / f"run-{len(calls)}-{time.time_ns()}"
+    run_dir.mkdir(parents=True)
+    return PipelineRun(PipelineConfig(), steps, artifacts, run_dir, remote=RemoteRoot(remote_uri), version="test")
+
+
+def test_outputs_reach_s3_marker_last_and_another_machine_reuses_them(s3, tmp_path):
+    uri = s3("toy")
+    calls: list[str] = []
+    first = _toy_run(tmp_path / "machine-a", uri, calls, tmp_path).run()
+    assert calls == ["make", "double"]
+    remote = _listing(uri)
+    keys = {r.key for r in first.values()}
+    assert {f"make/{first['make'].key}/sub/numbers.txt", f"make/{first['make'].key}/_COMPLETE.json",
+            f"double/{first['double'].key}/doubled.txt", f"double/{first['double'].key}/_COMPLETE.json"} == set(remote)
+    assert len(keys) == 2
+
+    # Another machine: empty local folder, same root. Nothing runs; outputs come down byte for byte.
+    second = _toy_run(tmp_path / "machine-b", uri, calls, tmp_path).run()
+    assert calls == ["make", "double"]
+    assert all(r.cached for r in second.values())
+    assert (second["double"].out_dir / "doubled.txt").read_text() == "2 4 6"
+    assert second["double"].summary == {"sum": 12}
+    assert not list((tmp_path / "machine-b").rglob(".*download*"))  # no temporary folder left behind
+
+
+def test_an_upload_cut_short_is_not_trusted(s3, tmp_path):
+    """Objects without the marker (an upload killed half-way) are not an output: the step runs again,
+    the stale objects are cleared, and the marker arrives last."""
+    from pipeline.artifacts import RemoteRoot
+
+    uri = s3("cut-short")
+    calls: list[str] = []
+    run = _toy_run(tmp_path / "a", uri, calls, tmp_path)
+    key = run.step_key(run.steps[0])
+    root = RemoteRoot(uri)
+    root.fs.create_dir(f"{root.base}/make/{key}", recursive=True)
+    with root.fs.open_output_stream(f"{root.base}/make/{key}/stale.bin") as f:
+        f.write(b"half an upload")
+    assert not root.has("make", key)
+    run.run(until_step="make")
+    assert calls == ["make"]
+    remote = _listing(uri)
+    assert f"make/{key}/stale.bin" not in remote and f"make/{key}/_COMPLETE.json" in remote
+
+
+def test_a_local_output_missing_remotely_is_uploaded_on_reuse(s3, tmp_path):
+    uri = s3("late")
+    calls: list[str] = []
+    first = _toy_run(tmp_path / "a", uri, calls, tmp_path).run()
+    for r in first.values():  # as if the root had been set only after the first run
+        RemoteRoot_delete(uri, r.name, r.key)
+    assert _listing(uri) == {}
+    again = _toy_run(tmp_path / "a", uri, calls, tmp_path).run()
+    assert all(r.cached for r in again.values()) and calls == ["make", "double"]
+    assert len(_listing(uri)) == 4
+
+
+def RemoteRoot_delete(uri: str, step: str, key: str) -> None:  # noqa: N802 - helper for the test above
+    from pipeline.artifacts import RemoteRoot
+
+    root = RemoteRoot(uri)
+    root.fs.delete_dir(f"{root.base}/{step}/{key}")
+
+
+def test_unreachable_root_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    """A root that cannot be listed stops `tpipe run` at once, naming the key and the URI."""
+    port = _free_port()  # nothing listens there
+    monkeypatch.setenv("TPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    root = f"s3://nowhere/x?endpoint_override=127.0.0.1:{port}&scheme=http&connect_timeout=1&request_timeout=1"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "smoke", f"artifact_root={root}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "artifact_root" in proc.stderr and "s3://nowhere/x" in proc.stderr, proc.stderr[-2000:]
+    assert "ray: started" not in proc.stdout  # refused before Ray started
+    assert time.perf_counter() - t0 < 120
+
+
+@pytest.mark.e2e
+def test_pipeline_steps_on_s3_are_reused_by_a_second_home(s3, tmp_path):
+    """The smoke pipeline up to `encode` with an s3:// root, then again from an empty TPIPE_HOME:
+    the second run reuses all three steps from S3 and gets the same token shards."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    uri = s3("pipeline")
+    cfg = load_config("smoke", [f"artifact_root={uri}"])
+    with fresh_ray(num_cpus=2):
+        with tpipe_home(tmp_path / "home-a"):
+            first = run_pipeline(cfg, until_step="encode", quiet=True)
+        with tpipe_home(tmp_path / "home-b"):
+            second = run_pipeline(cfg, until_step="encode", quiet=True)
+    assert not any(r.cached for r in first["results"].values())
+    assert all(r.cached for r in second["results"].values())
+    manifest = lambda r: {s: [x["sha256"] for x in v]  # noqa: E731
+                          for s, v in json.loads((r.out_dir / "manifest.json").read_text())["splits"].items()}
+    assert manifest(second["results"]["encode"]) == manifest(first["results"]["encode"])
+    assert str(second["results"]["encode"].out_dir).startswith(str(tmp_path / "home-b"))
+    remote = _listing(uri)
+    for name, r in first["results"].items():
+        assert f"{name}/{r.key}/_COMPLETE.json" in remote
+    shutil.rmtree(tmp_path / "home-a")
