@@ -117,18 +117,33 @@ def step_keys_of_version(name: str, version: int) -> dict[str, str]:
 
 
 def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[str, str]]:
-    """The (source, reference) pairs of `split` from the prepared data the version was trained on."""
+    """The (source, reference) pairs of `split` from the data the version was trained on.
+
+    From the pipeline's prepared shards when they are on this machine; otherwise from the copy the
+    register step logged with the version's run (`data/<split>.jsonl`), through the tracking server.
+    """
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
     from pipeline.home import Home
     from pipeline.steps import _split_texts, raw_shards
 
     key = step_keys_of_version(name, version)["prepare"]
     prepare_dir = Home.resolve().artifacts / "prepare" / key
-    if not (prepare_dir / "manifest.json").exists():
+    if (prepare_dir / "manifest.json").exists():
+        return _split_texts(raw_shards(prepare_dir), split)
+    run_id = MlflowClient().get_model_version(name, str(version)).run_id
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/data/{split}.jsonl")
+    except Exception as e:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
         raise FileNotFoundError(
-            f"the {split} split of models:/{name}/{version} was prepared in {prepare_dir}, which is not on this "
-            "machine (is TPIPE_HOME the pipeline's?); give --data FILE.tsv instead"
-        )
-    return _split_texts(raw_shards(prepare_dir), split)
+            f"the {split} split of models:/{name}/{version} is neither on this machine ({prepare_dir}) nor logged "
+            f"with its run {run_id} (data/{split}.jsonl: {e}); give --data FILE.tsv instead"
+        ) from e
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [(r["src"], r["tgt"]) for r in rows]
 
 
 def record_evaluation(name: str, version: int, result: dict[str, Any], *, data: str) -> str:
@@ -141,7 +156,15 @@ def record_evaluation(name: str, version: int, result: dict[str, Any], *, data: 
         client.set_model_version_tag(name, str(version), f"eval.{metric}", str(result[metric]))
     active = mlflow.active_run()  # the pipeline's evaluate step already runs in its own nested run
     in_step = active is not None and mlflow.get_run(active.info.run_id).data.tags.get("tpipe.step") == "evaluate"
-    scope = nullcontext(active) if in_step else mlflow.start_run(run_name=f"evaluate-{name}-v{version}", nested=active is not None)
+    if in_step:
+        scope = nullcontext(active)
+    else:
+        # Beside the run that made the version (its experiment), where the version's owner may
+        # write, rather than in whatever experiment this shell happens to point at.
+        source_run = client.get_model_version(name, str(version)).run_id
+        experiment_id = client.get_run(source_run).info.experiment_id if source_run else None
+        scope = mlflow.start_run(run_name=f"evaluate-{name}-v{version}", nested=active is not None,
+                                 experiment_id=None if active is not None else experiment_id)
     with scope as run:
         mlflow.set_tags({"tpipe.step": "evaluate", "tpipe.model_name": name, "tpipe.model_version": str(version),
                          "tpipe.eval_data": data, "sacrebleu.signature": result["signature"]["bleu"]})

@@ -157,6 +157,9 @@ STEPS = [
 ]
 
 
+HELD_OUT_SPLITS = ("valid", "test")
+
+
 # ---- register: the model package becomes a version of a registered model ---------------------
 def register(ctx: StepContext) -> dict[str, Any]:
     import shutil
@@ -183,6 +186,12 @@ def register(ctx: StepContext) -> dict[str, Any]:
     with mlflow.start_run(run_id=train_summary["mlflow_run_id"], nested=True):
         info = log_and_register(package, cfg.registry.model_name, tags=tags)
         mlflow.log_dict(lineage, "lineage.json")
+        # The held-out splits travel with the version's run, so `tpipe evaluate --split test` works
+        # on a machine that never saw the pipeline's artifacts (pipeline/evaluate.py).
+        for split in HELD_OUT_SPLITS:
+            pairs = _split_texts(raw_shards(ctx.input_dir("prepare")), split)
+            mlflow.log_text("".join(json.dumps({"src": a, "tgt": b}, ensure_ascii=False) + "\n" for a, b in pairs),
+                            f"data/{split}.jsonl")
     return info | {"model_name": cfg.registry.model_name}
 
 

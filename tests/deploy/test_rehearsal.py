@@ -41,7 +41,7 @@ ADMIN = "admin"
 CLIENT_USER = "tpipe-ci"
 SEARCH = "/api/2.0/mlflow/experiments/search"
 # Variables of the developer's shell that would change what the servers and clients do.
-SCRUBBED = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+SCRUBBED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
             "MLFLOW_AUTH_CONFIG_PATH", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
@@ -333,10 +333,19 @@ def test_submitted_pipeline_registers_its_model_without_leaking_credentials(mlfl
     proc = subprocess.run(cmd, env=submit_env(mlflow_server, ray_head, tmp_path / "home"), cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    job_id = proc.stdout.strip().splitlines()[0]
+    assert f"job {job_id}: SUCCEEDED" in proc.stdout
+    status = requests.get(f"{ray_head.address}/api/jobs/{job_id}", timeout=30,
+                          headers={"Authorization": f"Bearer {ray_head.token}"}).json()
+    assert status["status"] == "SUCCEEDED", status
 
     r = mlflow_server.admin("GET", "/api/2.0/mlflow/model-versions/search", params={"filter": f"name='{model}'"})
     versions = r.json().get("model_versions", [])
     assert versions, f"no version of {model} registered: {r.text}"
+    # the pipeline's own evaluation of that version, found over HTTP (its nested `evaluate` run)
+    evaluation = pipeline_evaluation(mlflow_server, model, versions[0]["version"])
+    assert set(evaluation) >= {"test/bleu", "test/chrf", "test/ter", "test/exact_match"}
+    SUBMITTED[model] = (versions[0]["version"], evaluation)
 
     secrets_ = mlflow_server.secrets() + [ray_head.token]
     experiments = mlflow_server.admin("POST", SEARCH, json={"max_results": 100}).json()["experiments"]
@@ -353,6 +362,51 @@ def test_submitted_pipeline_registers_its_model_without_leaking_credentials(mlfl
     assert files_containing(ray_head.logs(), secrets_) == []
     assert files_containing(mlflow_server.log.parent / "artifacts", secrets_) == []
     assert files_containing(tmp_path / "home", secrets_) == []
+
+
+SUBMITTED: dict[str, tuple[str, dict[str, float]]] = {}  # model -> (version, the pipeline's test scores)
+
+
+def evaluation_runs(server: "MLflowServer", model: str, version: str) -> list[dict]:
+    """The evaluation runs of models:/MODEL/VERSION (the pipeline's evaluate step, tpipe evaluate), over HTTP."""
+    experiments = server.admin("POST", SEARCH, json={"max_results": 100}).json()["experiments"]
+    runs = server.admin("POST", "/api/2.0/mlflow/runs/search", json={
+        "experiment_ids": [e["experiment_id"] for e in experiments], "max_results": 10,
+        "filter": f"tags.`tpipe.step` = 'evaluate' and tags.`tpipe.model_name` = '{model}' "
+                  f"and tags.`tpipe.model_version` = '{version}'",
+    }).json().get("runs", [])
+    return runs
+
+
+def pipeline_evaluation(server: "MLflowServer", model: str, version: str) -> dict[str, float]:
+    """The metrics of the pipeline's own `evaluate` step run for models:/MODEL/VERSION."""
+    runs = evaluation_runs(server, model, version)
+    assert len(runs) == 1, f"expected one evaluation run of {model} v{version}, found {len(runs)}"
+    return {m["key"]: m["value"] for m in runs[0]["data"].get("metrics", [])}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _tpipe_submit_available(), reason="tpipe submit not available yet")
+def test_tpipe_evaluate_pulls_the_submitted_version_and_matches_its_pipeline(mlflow_server, tmp_path):
+    """Runs after the submission test: from a machine with none of the job's files (a fresh
+    TPIPE_HOME), `tpipe evaluate models:/NAME/VERSION --split test` pulls the model and the test
+    split from the tracking server and scores exactly what the pipeline's evaluate step scored."""
+    model = "deploy-rehearsal-pipeline"
+    if model not in SUBMITTED:
+        pytest.skip("needs the submitted pipeline of the test above")
+    version, pipeline_scores = SUBMITTED[model]
+    env = clean_env(MLFLOW_TRACKING_URI=mlflow_server.url, MLFLOW_TRACKING_USERNAME=CLIENT_USER,
+                    MLFLOW_TRACKING_PASSWORD=mlflow_server.client_password, TPIPE_HOME=str(tmp_path / "elsewhere"))
+    proc = subprocess.run([str(BIN / "tpipe"), "evaluate", f"models:/{model}/{version}", "--split", "test", "--json"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "sacreBLEU nrefs:1" in proc.stdout
+    (ours,) = json.loads(proc.stdout.strip().splitlines()[-1])
+    for metric in ("bleu", "chrf", "ter", "exact_match"):
+        assert ours[metric] == pytest.approx(pipeline_scores[f"test/{metric}"], abs=1e-9), metric
+    assert not (tmp_path / "elsewhere" / "artifacts" / "prepare").exists()  # no local copy of the data was made
+    # ... and it logged an evaluation run of its own for that version, on the server
+    assert len(evaluation_runs(mlflow_server, model, version)) == 2
 
 
 FORWARD_SCRIPT = textwrap.dedent(
