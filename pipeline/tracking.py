@@ -52,7 +52,14 @@ def setup_mlflow(tracking_uri: str, experiment: str, home: Home | None = None) -
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
+    exported = os.environ.get("MLFLOW_REGISTRY_URI")
     mlflow.set_registry_uri(tracking_uri)
+    # set_registry_uri also exports MLFLOW_REGISTRY_URI for child processes; a caller's later
+    # subprocess (a re-run in another TPIPE_HOME, a test's client) must pick its own store.
+    if exported is None:
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    else:
+        os.environ["MLFLOW_REGISTRY_URI"] = exported
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
