@@ -89,8 +89,17 @@ def run_pipeline(
     mlflow.set_experiment(cfg.mlflow.experiment)
 
     t0 = time.perf_counter()
-    started_ray = connect_ray(address or cfg.ray.address, cfg.ray.num_cpus)
-    printer.line(f"ray: {'started locally' if started_ray else 'connected'} in {time.perf_counter() - t0:.1f}s; mlflow: {tracking_uri}")
+    printer.line(f"mlflow: {tracking_uri}")
+    ray_started: list[bool] = []  # empty until the first step that runs asks for Ray
+
+    def step_scope(step: Step, key: str, state_dir: Path):
+        # Ray is connected on the first step that actually runs: a fully reused pipeline never
+        # pays Ray's start-up (most of a re-run's cost otherwise).
+        if not ray_started:
+            t = time.perf_counter()
+            ray_started.append(connect_ray(address or cfg.ray.address, cfg.ray.num_cpus))
+            printer.line(f"ray: {'started locally' if ray_started[0] else 'connected'} in {time.perf_counter() - t:.1f}s")
+        return mlflow_step_run(step, key, state_dir)
 
     version = code_version()
     run_key = cfg.fingerprint()
@@ -106,7 +115,7 @@ def run_pipeline(
         except Exception:
             parent_id = None  # the store was reset; start a new parent run
     run = PipelineRun(
-        cfg, steps or STEPS, artifacts, run_dir, on_event=printer.event, step_scope=mlflow_step_run, version=version,
+        cfg, steps or STEPS, artifacts, run_dir, on_event=printer.event, step_scope=step_scope, version=version,
         remote=remote,
     )
     try:
@@ -128,7 +137,7 @@ def run_pipeline(
             if "evaluate" in results:
                 log_artifact_file(results["evaluate"].out_dir / "evaluation.json")
     finally:
-        if started_ray:
+        if ray_started and ray_started[0]:
             import ray
 
             ray.shutdown()

@@ -177,26 +177,36 @@ def test_unreachable_root_is_refused_before_anything_starts(tmp_path, monkeypatc
 
 
 @pytest.mark.e2e
-def test_pipeline_steps_on_s3_are_reused_by_a_second_home(s3, tmp_path):
-    """The smoke pipeline up to `encode` with an s3:// root, then again from an empty TPIPE_HOME:
-    the second run reuses all three steps from S3 and gets the same token shards."""
+def test_pipeline_on_s3_is_reused_by_a_second_home(s3, tmp_path, monkeypatch):
+    """The smoke pipeline up to `train` with its artifact root and Ray Train's storage_path both on
+    S3, then again from an empty TPIPE_HOME: the second run reuses all four steps from S3 (the
+    same token shards, the same weights) and the training checkpoints are in the bucket."""
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
     uri = s3("pipeline")
-    cfg = load_config("smoke", [f"artifact_root={uri}"])
+    endpoint = uri.split("endpoint_override=")[1].split("&")[0]
+    # Ray Train and its workers open storage_path themselves: the endpoint comes from the environment
+    # (AWS_ENDPOINT_URL_S3, as on a cluster pointed at MinIO), which the local Ray started below inherits.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{endpoint}")
+    cfg = load_config("smoke", [f"artifact_root={uri}", "train.storage_path=s3://tpipe-artifacts/ray_results",
+                                "train.max_steps=15"])
     with fresh_ray(num_cpus=2):
         with tpipe_home(tmp_path / "home-a"):
-            first = run_pipeline(cfg, until_step="encode", quiet=True)
+            first = run_pipeline(cfg, until_step="train", quiet=True)
         with tpipe_home(tmp_path / "home-b"):
-            second = run_pipeline(cfg, until_step="encode", quiet=True)
+            second = run_pipeline(cfg, until_step="train", quiet=True)
     assert not any(r.cached for r in first["results"].values())
     assert all(r.cached for r in second["results"].values())
     manifest = lambda r: {s: [x["sha256"] for x in v]  # noqa: E731
                           for s, v in json.loads((r.out_dir / "manifest.json").read_text())["splits"].items()}
     assert manifest(second["results"]["encode"]) == manifest(first["results"]["encode"])
-    assert str(second["results"]["encode"].out_dir).startswith(str(tmp_path / "home-b"))
+    weights = "package/model.safetensors"
+    assert (second["results"]["train"].out_dir / weights).read_bytes() == (first["results"]["train"].out_dir / weights).read_bytes()
+    assert str(second["results"]["train"].out_dir).startswith(str(tmp_path / "home-b"))
     remote = _listing(uri)
     for name, r in first["results"].items():
         assert f"{name}/{r.key}/_COMPLETE.json" in remote
+    checkpoints = [k for k in _listing(uri.replace("/pipeline?", "/ray_results?")) if k.endswith("checkpoint.ckpt")]
+    assert checkpoints, "no training checkpoint reached s3://tpipe-artifacts/ray_results"
     shutil.rmtree(tmp_path / "home-a")
