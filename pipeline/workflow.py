@@ -147,10 +147,10 @@ class PipelineRun:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._record_state(step.name, {"state": "running", "key": key, "started": time.time()})
         self.on_event("start", step, {"key": key})
-        t0 = time.perf_counter()
         ctx = StepContext(self.cfg, tmp, final, {i: self.results[i] for i in step.inputs}, state_dir, self)
         try:
             with self.step_scope(step, key, state_dir):
+                t0 = time.perf_counter()  # the step's own time, not the scope's set-up (e.g. Ray's start-up)
                 summary = step.fn(ctx)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
