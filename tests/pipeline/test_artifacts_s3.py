@@ -77,6 +77,13 @@ def _listing(uri: str) -> dict[str, bytes]:
     return out
 
 
+def _delete_remote(uri: str, step: str, key: str) -> None:
+    from pipeline.artifacts import RemoteRoot
+
+    root = RemoteRoot(uri)
+    root.fs.delete_dir(f"{root.base}/{step}/{key}")
+
+
 def _toy_run(artifacts: Path, remote_uri: str, calls: list[str], tmp: Path):
     from pipeline.artifacts import RemoteRoot
     from pipeline.config import PipelineConfig
@@ -145,18 +152,11 @@ def test_a_local_output_missing_remotely_is_uploaded_on_reuse(s3, tmp_path):
     calls: list[str] = []
     first = _toy_run(tmp_path / "a", uri, calls, tmp_path).run()
     for r in first.values():  # as if the root had been set only after the first run
-        RemoteRoot_delete(uri, r.name, r.key)
+        _delete_remote(uri, r.name, r.key)
     assert _listing(uri) == {}
     again = _toy_run(tmp_path / "a", uri, calls, tmp_path).run()
     assert all(r.cached for r in again.values()) and calls == ["make", "double"]
     assert len(_listing(uri)) == 4
-
-
-def RemoteRoot_delete(uri: str, step: str, key: str) -> None:  # noqa: N802 - helper for the test above
-    from pipeline.artifacts import RemoteRoot
-
-    root = RemoteRoot(uri)
-    root.fs.delete_dir(f"{root.base}/{step}/{key}")
 
 
 def test_unreachable_root_is_refused_before_anything_starts(tmp_path, monkeypatch):
