@@ -10,11 +10,14 @@ corpus, prepared once by the pipeline's own prepare/tokenizer/encode steps) with
   tpipe 1w   run_training with 1 Ray Train worker (Lightning + RayDDPStrategy + MLflow logging)
   tpipe 2w   the same with 2 workers (gloo DDP); tokens/s counts both workers
 
-tokens/s = padded source + target tokens per second, measured after `--warmup` steps, from the
-same in-loop clock for all three (tpipe's is the train/tokens_per_s metric logged by rank 0).
-The three run interleaved, `--repeats` rounds, and the table gives each one's median: on a shared
-2-core machine the same loop's speed drifts by 10-15 % from minute to minute, so one round apiece
-would compare the machine's moods, not the loops.
+tokens/s = padded source + target tokens per second after `--warmup` steps, by one estimator for all
+three: the rate over each 10-step interval (tpipe's is the train/tokens_per_s metric rank 0 logs every
+10 steps, measured in training_step; the plain loop times the same intervals), averaged.
+On a shared 2-core machine the same loop's speed drifts by 10-15 % from minute to minute (two plain
+runs back to back differ by that much), so a round brackets the tpipe runs between two plain runs
+(plain, 1w, 2w, plain; every second round 2w before 1w), and each tpipe run is compared with the
+mean of its own round's two plain runs. The headline ratio is the median of those per-round ratios;
+the second plain run against the first (plain vs plain, same code) is printed as the noise floor.
 Target: tpipe 1w within 10% of plain. Prints a table, then one JSON object as the last line.
 """
 
@@ -31,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+LOG_EVERY = 10  # tpipe logs train/tokens_per_s every LOG_EVERY steps; the plain loop times the same intervals
 
 
 def prepare(home: Path, model: str, max_tokens: int):
@@ -63,13 +67,19 @@ def plain_loop(cfg, tok_dir: Path, shards: list[str], steps: int, warmup: int) -
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, steps))
     loader = TokenBatchLoader(shards, max_tokens=cfg.train.max_tokens, pad_id=tok.pad_id, bos_id=tok.bos_id,
                               eos_id=tok.eos_id, seed=cfg.seed)
-    step, tokens, t0 = 0, 0, None
+    # Rate per 10-step interval, timed at the same point of the step as tpipe's metric (after the
+    # forward pass), so both sides use one estimator.
+    step, tokens, t_last, rates = 0, 0, None, []
     while step < steps:
         for batch in loader:
-            if step == warmup:
-                t0, tokens = time.perf_counter(), 0
             src, tgt = batch["src"], batch["tgt"]
             logits = model(src, tgt[:, :-1])
+            if step % LOG_EVERY == 0:
+                now = time.perf_counter()
+                if t_last is not None and step > warmup:
+                    rates.append(tokens / (now - t_last))
+                t_last, tokens = now, 0
+            tokens += src.numel() + tgt.numel()
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt[:, 1:].reshape(-1),
                                    ignore_index=tok.pad_id, label_smoothing=cfg.train.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -77,11 +87,10 @@ def plain_loop(cfg, tok_dir: Path, shards: list[str], steps: int, warmup: int) -
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
             sched.step()
-            tokens += src.numel() + tgt.numel()
             step += 1
             if step >= steps:
                 break
-    return tokens / (time.perf_counter() - t0)
+    return sum(rates) / len(rates)
 
 
 def tpipe_run(cfg, results, workers: int, steps: int, warmup: int, home: Path) -> float:
@@ -97,7 +106,7 @@ def tpipe_run(cfg, results, workers: int, steps: int, warmup: int, home: Path) -
     tok_dir = results["tokenizer"].out_dir
     tok = load_tokenizer(tok_dir)
     mcfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
-    tcfg = dataclasses.replace(cfg.train, num_workers=workers, max_steps=steps, val_every_steps=steps, log_every_steps=10)
+    tcfg = dataclasses.replace(cfg.train, num_workers=workers, max_steps=steps, val_every_steps=steps, log_every_steps=LOG_EVERY)
     run_cfg = dataclasses.replace(cfg, model=mcfg, train=tcfg)
     with mlflow.start_run(run_name=f"bench-{workers}w") as run:
         run_training(
@@ -119,7 +128,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--model", default="tiny")
     p.add_argument("--max-tokens", type=int, default=2048)
-    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the table shows medians")
+    p.add_argument("--repeats", type=int, default=4, help="rounds of plain, 1w, 2w, plain; the table shows medians")
     args = p.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="tpipe-bench-train-"))
@@ -132,27 +141,51 @@ def main() -> None:
     from pipeline.steps import token_shards
 
     shards = token_shards(results["encode"].out_dir, "train")
-    runs: dict[str, list[float]] = {"plain": [], "1w": [], "2w": []}
-    for r in range(args.repeats):
-        runs["plain"].append(plain_loop(cfg, results["tokenizer"].out_dir, shards, args.steps, args.warmup))
-        runs["1w"].append(tpipe_run(cfg, results, 1, args.steps, args.warmup, home))
-        runs["2w"].append(tpipe_run(cfg, results, 2, args.steps, args.warmup, home))
-        print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()), flush=True)
-    ray.shutdown()
-    plain, one, two = (statistics.median(runs[k]) for k in ("plain", "1w", "2w"))
+    def plain() -> float:
+        return plain_loop(cfg, results["tokenizer"].out_dir, shards, args.steps, args.warmup)
 
-    rows = [("plain loop (1 process)", plain), ("tpipe, 1 Ray Train worker", one), ("tpipe, 2 Ray Train workers", two)]
+    tpipe = {w: (lambda w=w: tpipe_run(cfg, results, w, args.steps, args.warmup, home)) for w in (1, 2)}
+    rounds = []
+    for r in range(args.repeats):
+        before = plain()
+        order = (1, 2) if r % 2 == 0 else (2, 1)
+        rates = {w: tpipe[w]() for w in order}
+        after = plain()
+        ref = (before + after) / 2
+        rounds.append({"plain": [before, after], "1w": rates[1], "2w": rates[2],
+                       "1w_ratio": rates[1] / ref, "2w_ratio": rates[2] / ref, "aa": after / before})
+        x = rounds[-1]
+        print(f"round {r + 1}: plain {before:.0f}, {order[0]}w, {order[1]}w, plain {after:.0f}  "
+              f"1w {x['1w']:.0f} ({x['1w_ratio']:.3f})  2w {x['2w']:.0f} ({x['2w_ratio']:.3f})  "
+              f"plain vs plain {x['aa']:.3f}", flush=True)
+    ray.shutdown()
+
+    def med(key: str) -> float:
+        return statistics.median(x[key] for x in rounds)
+
+    plains = [p for x in rounds for p in x["plain"]]
+    aa = [x["aa"] for x in rounds]
     print(f"model {args.model}, {args.steps} steps ({args.warmup} warm-up), max_tokens {args.max_tokens}/worker, "
-          f"1 thread/worker, median of {args.repeats} interleaved rounds")
-    print(f"{'':30s} {'tokens/s':>10s} {'vs plain':>9s}")
-    for name, v in rows:
-        print(f"{name:30s} {v:10.0f} {v / plain:9.2f}")
+          f"1 thread/worker, {args.repeats} rounds; ratio = median over rounds of tpipe / mean(plain before, after)")
+    print(f"{'':28s} {'median tok/s':>12s} {'min':>7s} {'max':>7s} {'vs plain':>9s}")
+    print(f"{'plain loop (1 process)':28s} {statistics.median(plains):12.0f} {min(plains):7.0f} {max(plains):7.0f} "
+          f"{1.0:9.3f}")
+    for w, name in ((1, "tpipe, 1 Ray Train worker"), (2, "tpipe, 2 Ray Train workers")):
+        vals = [x[f"{w}w"] for x in rounds]
+        print(f"{name:28s} {statistics.median(vals):12.0f} {min(vals):7.0f} {max(vals):7.0f} {med(f'{w}w_ratio'):9.3f}")
+    print(f"noise floor: plain vs plain (same code, one round apart) median {statistics.median(aa):.3f}, "
+          f"range {min(aa):.3f}-{max(aa):.3f}")
     print(json.dumps({
-        "model": args.model, "steps": args.steps, "max_tokens": args.max_tokens,
-        "plain_tokens_per_s": round(plain), "tpipe_1w_tokens_per_s": round(one), "tpipe_2w_tokens_per_s": round(two),
-        "tpipe_1w_vs_plain": round(one / plain, 3), "tpipe_2w_vs_plain": round(two / plain, 3),
-        "repeats": args.repeats, "rounds": {k: [round(x) for x in v] for k, v in runs.items()},
-        "target_1w_within_10pct": one >= 0.9 * plain,
+        "model": args.model, "steps": args.steps, "max_tokens": args.max_tokens, "repeats": args.repeats,
+        "plain_tokens_per_s": round(statistics.median(plains)), "tpipe_1w_tokens_per_s": round(med("1w")),
+        "tpipe_2w_tokens_per_s": round(med("2w")),
+        "tpipe_1w_vs_plain": round(med("1w_ratio"), 3), "tpipe_2w_vs_plain": round(med("2w_ratio"), 3),
+        "round_ratios_1w": [round(x["1w_ratio"], 3) for x in rounds],
+        "round_ratios_2w": [round(x["2w_ratio"], 3) for x in rounds],
+        "plain_vs_plain": [round(v, 3) for v in aa],
+        "rounds": [{k: (round(v) if k in ("1w", "2w") else [round(p) for p in v]) for k, v in x.items()
+                    if k in ("plain", "1w", "2w")} for x in rounds],
+        "target_1w_within_10pct": med("1w_ratio") >= 0.9,
     }))
 
 
