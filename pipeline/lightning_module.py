@@ -85,11 +85,13 @@ class Seq2SeqModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Nothing here waits for the device (no .item()): on a GPU a host sync per step costs
         # more than the extra metrics are worth, so accuracy is computed on logging steps only.
+        # No prog_bar=True either: Lightning turns every progress-bar metric into a Python number
+        # (.item()) at every step, even with the progress bar disabled.
         logging_step = self.global_step % self.train_cfg.log_every_steps == 0
         loss, stats = self._loss(batch, self.train_cfg.label_smoothing, accuracy=logging_step)
         self._tokens_since += batch["src"].numel() + batch["tgt"].numel()
         bs = batch["src"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/loss", loss, batch_size=bs)
         if logging_step:
             self.log("train/accuracy", stats["correct"].float() / stats["n_tokens"].clamp(min=1), batch_size=bs)
             now = time.perf_counter()

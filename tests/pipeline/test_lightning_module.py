@@ -81,3 +81,66 @@ def test_plain_lightning_loop_learns_to_copy():
         after, stats = module._loss(copy_batch(torch.Generator().manual_seed(99)), 0.0)
     assert after < 0.3 * before, (before, after)
     assert trainer.callback_metrics["train/accuracy"] > 0.5
+
+
+def test_steps_between_logging_steps_read_nothing_back_from_the_device(monkeypatch):
+    """On a GPU every .item() (or bool/float of a tensor) waits for the queued kernels: one per step
+    stalls the host and costs throughput (bench/gpu_train.py). CPU has no such wait, so this counts
+    the calls themselves: between logging steps, nothing in tpipe or Lightning may read a tensor
+    back. torch.optim is exempt: AdamW's step counters live on the host even when training on a GPU.
+    """
+    import traceback
+
+    import lightning as L
+
+    from pipeline.train import TrainingState, _Batches, _ProgressPrinter
+
+    every = 10
+    reads: dict[int, list[str]] = {}
+    trainer_ref: list[L.Trainer] = []
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            stack = traceback.extract_stack()[:-1]
+            if trainer_ref and not any("/torch/optim/" in f.filename for f in stack):
+                caller = next(f for f in reversed(stack) if "/torch/" not in f.filename)
+                reads.setdefault(trainer_ref[0].global_step, []).append(f"{name} at {caller.filename}:{caller.lineno}")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        counting(name)
+
+    class Loader:  # what TrainingState expects of TokenBatchLoader
+        def __init__(self, batches):
+            self.batches = batches
+
+        def __iter__(self):
+            return iter(self.batches)
+
+        def __len__(self):
+            return len(self.batches)
+
+        def set_epoch(self, epoch):
+            pass
+
+    gen = torch.Generator().manual_seed(0)
+    loader = Loader([copy_batch(gen) for _ in range(40)])
+    tcfg = TrainConfig(lr=1e-3, warmup_steps=5, max_steps=40, log_every_steps=every)
+    module = Seq2SeqModule(small_model_cfg(), tcfg)
+    trainer = L.Trainer(  # the flags train_func uses, less Ray's strategy
+        max_steps=40, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0, deterministic=True,
+        log_every_n_steps=every, callbacks=[TrainingState(loader, 0), _ProgressPrinter(40)],
+    )
+    trainer_ref.append(trainer)
+    trainer.fit(module, train_dataloaders=_Batches(loader))
+
+    # A logging step's reads may land just before or after its optimizer step (Lightning's logger
+    # connector counts steps from 1), so the steps next to a multiple of `every` are allowed too.
+    stray = {step: calls for step, calls in reads.items() if step % every not in (every - 1, 0, 1)}
+    assert not stray, stray
+    assert any(step % every in (every - 1, 0, 1) for step in reads), "the counter saw no read at all: is it wired?"
