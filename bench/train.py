@@ -141,15 +141,15 @@ def main() -> None:
     from pipeline.steps import token_shards
 
     shards = token_shards(results["encode"].out_dir, "train")
+
     def plain() -> float:
         return plain_loop(cfg, results["tokenizer"].out_dir, shards, args.steps, args.warmup)
 
-    tpipe = {w: (lambda w=w: tpipe_run(cfg, results, w, args.steps, args.warmup, home)) for w in (1, 2)}
     rounds = []
     for r in range(args.repeats):
         before = plain()
         order = (1, 2) if r % 2 == 0 else (2, 1)
-        rates = {w: tpipe[w]() for w in order}
+        rates = {w: tpipe_run(cfg, results, w, args.steps, args.warmup, home) for w in order}
         after = plain()
         ref = (before + after) / 2
         rounds.append({"plain": [before, after], "1w": rates[1], "2w": rates[2],
@@ -183,8 +183,7 @@ def main() -> None:
         "round_ratios_1w": [round(x["1w_ratio"], 3) for x in rounds],
         "round_ratios_2w": [round(x["2w_ratio"], 3) for x in rounds],
         "plain_vs_plain": [round(v, 3) for v in aa],
-        "rounds": [{k: (round(v) if k in ("1w", "2w") else [round(p) for p in v]) for k, v in x.items()
-                    if k in ("plain", "1w", "2w")} for x in rounds],
+        "rounds": [{"plain": [round(p) for p in x["plain"]], "1w": round(x["1w"]), "2w": round(x["2w"])} for x in rounds],
         "target_1w_within_10pct": med("1w_ratio") >= 0.9,
     }))
 
