@@ -1,7 +1,8 @@
 """DDP through Ray Train: 2 workers on half batches make the same update as 1 worker on whole ones.
 
 Real Ray (a local cluster of 2 CPUs), real gloo process group, the real LightningModule and the
-same Ray Lightning pieces the training driver uses.
+same Ray Lightning pieces (and DDP options: gradients as bucket views, no buffer broadcast) the
+training driver uses.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ def fixed_batches(n_batches: int, size: int, length: int) -> list[dict[str, torc
 def ddp_train_func(config):
     import lightning as L
     import ray.train
-    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+    from ray.train.lightning import RayLightningEnvironment, prepare_trainer
     from safetensors.torch import save_model
 
     from model.config import ModelConfig
     from pipeline.config import TrainConfig
     from pipeline.lightning_module import Seq2SeqModule
+    from pipeline.train import ddp_strategy
 
     torch.set_num_threads(1)
     ctx = ray.train.get_context()
@@ -49,7 +51,7 @@ def ddp_train_func(config):
     # rank r takes rows r, r+world, ... of every whole batch
     shards = [{k: v[rank::world] for k, v in b.items()} for b in fixed_batches(config["steps"], 8, 6)]
     trainer = L.Trainer(
-        max_steps=config["steps"], accelerator="cpu", devices="auto", strategy=RayDDPStrategy(),
+        max_steps=config["steps"], accelerator="cpu", devices="auto", strategy=ddp_strategy(),
         plugins=[RayLightningEnvironment()], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
     )
