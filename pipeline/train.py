@@ -1,8 +1,8 @@
 """The training driver: Ray Train's TorchTrainer running a plain Lightning loop on every worker.
 
 The Ray-specific pieces are the ones Ray's Lightning guide names, kept visible in `train_func`:
-RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback and prepare_trainer. Everything
-else is an ordinary `lightning.Trainer`.
+RayDDPStrategy (built by `ddp_strategy`, with its DDP options), RayLightningEnvironment,
+RayTrainReportCallback and prepare_trainer. Everything else is an ordinary `lightning.Trainer`.
 """
 
 from __future__ import annotations
