@@ -19,8 +19,10 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from data.errors import UserError
 
-class CatalogError(ValueError):
+
+class CatalogError(UserError, ValueError):
     """A catalog is malformed; the message names the file and, for `.po`, the line."""
 
 

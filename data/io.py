@@ -11,10 +11,12 @@ import uuid
 from contextlib import contextmanager
 from typing import IO, Any, Iterator
 
+from data.errors import UserError
+
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input: the message names the file and, where there is one, the line."""
 
 

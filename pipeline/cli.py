@@ -21,7 +21,9 @@ import json
 import os
 import sys
 
+from data.errors import UserError
 from pipeline.config import ConfigError, PipelineConfig, describe, load_config
+from pipeline.tracking import TrackingUnreachable
 
 
 def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Raw text corpora to a trained, evaluated and registered encoder-decoder Transformer, on Ray and MLflow.",
         epilog="State lives under $TPIPE_HOME (default ./.tpipe); MLFLOW_TRACKING_URI overrides the MLflow store.",
     )
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one line")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     items_help = "an optional config (a name in conf/ such as 'default' or 'smoke', or a .yaml path) then key.sub=value overrides"
@@ -293,19 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"tpipe: config error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        from pipeline.tracking import TrackingUnreachable
-
-        if isinstance(e, TrackingUnreachable):
-            print(f"tpipe: {e}", file=sys.stderr)
-            return 3
-        raise
+    except UserError as e:
+        # A failure the user caused: one line naming what is wrong; the traceback only with --debug.
+        if args.debug:
+            raise
+        print(f"tpipe: {'config error: ' if isinstance(e, ConfigError) else ''}{e}", file=sys.stderr)
+        return 3 if isinstance(e, TrackingUnreachable) else e.exit_code
 
 
 if __name__ == "__main__":

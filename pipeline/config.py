@@ -19,13 +19,14 @@ from typing import Any
 import yaml
 
 from data.config import DataConfig
+from data.errors import UserError
 from data.tokenizer.config import TokenizerConfig
 from model.config import ModelConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value was refused; the message is one line naming the key path."""
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from data.errors import UserError
 from pipeline.tracking import is_local_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +29,8 @@ SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TR
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-class SubmitError(RuntimeError):
-    pass
+class SubmitError(UserError, RuntimeError):
+    """The cluster or the job cannot be reached or refused the submission."""
 
 
 def _is_loopback(address: str) -> bool:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from data.errors import UserError
 from pipeline.home import Home
 
 
@@ -15,7 +16,7 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
 
 
-class TrackingUnreachable(RuntimeError):
+class TrackingUnreachable(UserError, RuntimeError):
     """The MLflow tracking server did not answer within the bounded retries."""
 
 

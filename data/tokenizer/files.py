@@ -11,8 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from data.errors import UserError
 
-class TokenizerFileError(ValueError):
+
+class TokenizerFileError(UserError, ValueError):
     """A tokenizer file is missing, truncated or edited by hand; the message names the file and line."""
 
 

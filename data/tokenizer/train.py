@@ -14,6 +14,7 @@ import logging
 import time
 from pathlib import Path
 
+from data.errors import UserError
 from data.tokenizer.bpe import learn_merges, merge_backend
 from data.tokenizer.config import TokenizerConfig
 from data.tokenizer.counting import Reader, count_pretokens
@@ -33,7 +34,7 @@ from data.tokenizer.tokenizer import (
 log = logging.getLogger("tpipe.tokenizer")
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError, ValueError):
     """The corpus cannot give the tokenizer asked for (empty, or nothing to learn from)."""
 
 
