@@ -1,4 +1,5 @@
-"""Files: local paths, globs and fsspec/pyarrow URIs, gzip/zstd by suffix, atomic writes, content hashes."""
+"""Files: local paths, globs and fsspec/pyarrow URIs, gzip/zstd by suffix, atomic writes, content hashes,
+the redaction of credentials in URIs, and a lock file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from typing import IO, Any, Iterator
@@ -23,6 +25,40 @@ class DataError(UserError, ValueError):
 def is_remote(path: str) -> bool:
     """'s3://b/k' -> True; '/data/x', 'file:///data/x' and 'x.tsv' -> False."""
     return "://" in path and not path.startswith("file://")
+
+
+# scheme://USER:PASSWORD@host...: the user-info runs from `://` to the last '@' of the authority.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#'\"<>]*)@")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without its user-info, the one form of a URI tpipe prints, logs, records or sends.
+
+    'http://me:s3cret@mlflow:5000/x' -> 'http://mlflow:5000/x'; a URI without user-info is returned as is.
+    """
+    return redact_text(uri)
+
+
+def redact_text(text: str) -> str:
+    """`text` with the user-info of every URI in it removed (error messages, logged lines, params).
+
+    'cannot reach http://me:pw@h:5000 (via https://t@x/y)' -> 'cannot reach http://h:5000 (via https://x/y)'
+    """
+    return _USERINFO.sub(lambda m: m["scheme"], text) if "@" in text else text
+
+
+def uri_credentials(uri: str) -> tuple[str | None, str | None]:
+    """(user, password) held in a URI's user-info, percent-decoded; (None, None) when it has none.
+
+    'http://me:p%40ss@h/' -> ('me', 'p@ss'); 'https://TOKEN@h/' -> ('TOKEN', None).
+    """
+    from urllib.parse import unquote
+
+    m = _USERINFO.match(uri)
+    if m is None:
+        return None, None
+    user, sep, password = m["userinfo"].partition(":")
+    return unquote(user), (unquote(password) if sep else None)
 
 
 def local_path(path: str) -> str:
@@ -134,3 +170,29 @@ def write_json_atomic(path: str, obj: Any) -> None:
 def read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+@contextmanager
+def file_lock(path: str, *, wait: bool = True, on_wait: Any = None) -> Iterator[IO[str]]:
+    """An exclusive lock on `path` (created if missing) for the block; yields the open lock file.
+
+    fcntl.flock: the kernel releases it when the holder's process ends, however it ends, so a lock
+    left by a killed process never blocks anyone. With `wait=False` a held lock raises
+    BlockingIOError at once; otherwise `on_wait(lock_file)` is called once before blocking.
+    """
+    import fcntl
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise
+            if on_wait is not None:
+                on_wait(f)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield f
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

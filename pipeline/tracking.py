@@ -8,12 +8,31 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
+from data.io import file_lock, redact_text, redact_uri, uri_credentials
 from pipeline.home import Home
 
 
 def is_local_store(uri: str) -> bool:
     """A store on this machine's disk (sqlite, file, a bare path), not a tracking server."""
     return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+
+
+def credentials_to_env(uri: str) -> str:
+    """Move a tracking URI's user-info into MLFLOW_TRACKING_USERNAME/PASSWORD; returns the bare URI.
+
+    From here on only the bare URI exists in tpipe (printed lines, summary.json, params, the saved
+    config, the workers' config), so no later print or record can carry the password. MLflow's
+    client reads the login from those variables on every request, and a local Ray started after
+    this call hands them to its workers through their environment, which Ray does not log.
+    'http://me:pw@h:5000' -> 'http://h:5000' with MLFLOW_TRACKING_USERNAME=me, MLFLOW_TRACKING_PASSWORD=pw.
+    """
+    user, password = uri_credentials(uri)
+    if user is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = user  # the URI is the more specific of the two: it wins
+    if password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return redact_uri(uri)
 
 
 class TrackingUnreachable(UserError, RuntimeError):
@@ -36,9 +55,9 @@ def check_tracking_server(uri: str, retries: int = 2, timeout_s: int = 10) -> No
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # connection refused, DNS, TLS, 5xx after retries, 401
-        reason = str(e).splitlines()[0][:300]
+        reason = redact_text(str(e).splitlines()[0][:300])
         raise TrackingUnreachable(
-            f"MLflow tracking server {uri} did not answer after "
+            f"MLflow tracking server {redact_uri(uri)} did not answer after "
             f"{os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES']} retries ({type(e).__name__}: {reason}); "
             "start it, fix MLFLOW_TRACKING_URI, or set MLFLOW_TRACKING_USERNAME/PASSWORD"
         ) from None
@@ -53,6 +72,7 @@ def setup_mlflow(tracking_uri: str, experiment: str, home: Home | None = None) -
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
+    create_store(tracking_uri)
     exported = os.environ.get("MLFLOW_REGISTRY_URI")
     mlflow.set_registry_uri(tracking_uri)
     # set_registry_uri also exports MLFLOW_REGISTRY_URI for child processes; a caller's later
@@ -76,6 +96,27 @@ def setup_mlflow(tracking_uri: str, experiment: str, home: Home | None = None) -
         return exp.experiment_id
 
 
+def create_store(tracking_uri: str) -> None:
+    """Create (and migrate) a local sqlite store once, under a lock beside the database file.
+
+    MLflow creates a new store's tables by running its schema migrations on first contact; two
+    processes doing that on one file at once both fail (`table _alembic_tmp_... already exists`)
+    and leave a store every later run fails on. Under the lock the first process migrates and the
+    others find the tables made. Server stores (http, postgres) migrate on their own side.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    from mlflow import MlflowClient
+
+    db = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if db in ("", ":memory:"):
+        return
+    with file_lock(f"{db}.lock"):
+        # The first contact creates the store; MLflow caches it, so this process's later calls
+        # (and any process after this one) find every table and migrate nothing.
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """{'train': {'lr': 0.1}} -> {'train.lr': '0.1'}: MLflow params are flat strings."""
     out: dict[str, str] = {}
@@ -92,7 +133,7 @@ def log_dict_params(params: dict[str, Any]) -> None:
     """Log a nested config as params, in chunks (MLflow caps a batch at 100)."""
     import mlflow
 
-    items = list(flatten(params).items())
+    items = [(k, redact_text(v)) for k, v in flatten(params).items()]  # a URI's password is no param
     for i in range(0, len(items), 90):
         mlflow.log_params(dict(items[i : i + 90]))
 
