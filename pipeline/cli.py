@@ -46,9 +46,20 @@ def _load(args) -> PipelineConfig:
 
 def cmd_run(args) -> int:
     cfg = _load(args)  # validated before Ray or MLflow start
-    from pipeline.runner import run_pipeline
+    from pipeline.runner import RunInterrupted, run_pipeline
 
-    out = run_pipeline(cfg, from_step=args.from_step, until_step=args.until_step, address=args.address)
+    try:
+        out = run_pipeline(cfg, from_step=args.from_step, until_step=args.until_step, address=args.address)
+    except RunInterrupted as e:
+        import shlex
+
+        from data.io import redact_text
+
+        during = f" during step {e.step}" if e.step else ""
+        kept = "finished steps are kept" + (", training continues from its last checkpoint" if e.step == "train" else "")
+        resume = redact_text(shlex.join(["tpipe", *sys.argv[1:]]))
+        print(f"tpipe: run interrupted ({e.signal_name}){during}; {kept}: resume with `{resume}`", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(out["summary"], ensure_ascii=False, default=str))
     return 0
@@ -94,7 +105,9 @@ def _setup_tracking() -> str:
 
     from pipeline.home import Home
 
-    uri = Home.resolve().tracking_uri()
+    from pipeline.tracking import credentials_to_env
+
+    uri = credentials_to_env(Home.resolve().tracking_uri())  # MLflow prints run URLs: never with a password
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -203,12 +216,13 @@ def cmd_jobs(args) -> int:
 def cmd_ui(args) -> int:
     import subprocess
 
+    from data.io import redact_uri
     from pipeline.home import Home
 
     home = Home.resolve()
     uri = home.tracking_uri()
     if not uri.startswith("sqlite:"):
-        print(f"the tracking store is a server: open {uri}")
+        print(f"the tracking store is a server: open {redact_uri(uri)}")
         return 0
     cmd = [
         sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
@@ -306,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tpipe: {'config error: ' if isinstance(e, ConfigError) else ''}{e}", file=sys.stderr)
         return 3 if isinstance(e, TrackingUnreachable) else e.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("tpipe: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

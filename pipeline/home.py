@@ -6,9 +6,21 @@ Every path is absolute so that Ray workers (other processes, other working direc
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from data.errors import UserError
+from data.io import file_lock, redact_text
+
+
+class RunLocked(UserError, RuntimeError):
+    """Another `tpipe run` is working in this home (they would share state.json and step folders)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,40 @@ class Home:
     def mlflow_artifacts(self) -> Path:
         return self.root / "mlartifacts"
 
+    @property
+    def run_lock_file(self) -> Path:
+        """Held (fcntl.flock) by the one `tpipe run` working in this home; names it while held."""
+        return self.root / "run.lock"
+
+    @contextmanager
+    def run_lock(self) -> Iterator[dict | None]:
+        """Hold this home's run lock for the block, or raise RunLocked naming the run that holds it.
+
+        Yields the record of an earlier holder that died without releasing it (a killed run), or
+        None. The kernel drops a dead process's flock, so such a lock is simply taken over; its
+        record is what is left in the file, which a run that ends normally empties.
+        """
+        try:
+            with file_lock(str(self.run_lock_file), wait=False) as f:
+                f.seek(0)
+                stale = _holder(f.read())
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps({"pid": os.getpid(), "started": time.time(),
+                                    "command": redact_text(" ".join(["tpipe", *sys.argv[1:]]))}))
+                f.flush()
+                try:
+                    yield stale
+                finally:
+                    f.seek(0)
+                    f.truncate()
+        except BlockingIOError:
+            holder = _holder(self.run_lock_file.read_text(encoding="utf-8")) or {}
+            raise RunLocked(
+                f"another run is working in {self.root}: {describe_holder(holder)}; "
+                "wait for it to finish or stop it (one run per TPIPE_HOME; another home runs in parallel)"
+            ) from None
+
     def tracking_uri(self, configured: str | None = None) -> str:
         """Config value, else `MLFLOW_TRACKING_URI`, else a sqlite store in this home."""
         return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
@@ -56,4 +102,20 @@ class Home:
                 f"mlflow ui --backend-store-uri {tracking_uri} "
                 f"--default-artifact-root {self.mlflow_artifacts} --host 127.0.0.1 --port 5000"
             )
-        return f"open {tracking_uri}"
+        return f"open {redact_text(tracking_uri)}"
+
+
+def _holder(text: str) -> dict | None:
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def describe_holder(holder: dict) -> str:
+    """{'pid': 4242, 'started': 1.7e9, 'command': 'tpipe run smoke'} -> 'pid 4242, started 2026-...Z: tpipe run smoke'."""
+    if "pid" not in holder:
+        return "pid unknown (it is starting)"
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
+    return f"pid {holder['pid']}, started {started}: {holder.get('command', '?')}"

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import signal
+import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from data.errors import UserError
+from data.io import redact_text, redact_uri
 from pipeline.artifacts import RemoteRoot, is_remote
 from pipeline.config import PipelineConfig
-from pipeline.home import Home
+from pipeline.home import Home, describe_holder
 from pipeline.steps import STEPS
 from pipeline.workflow import PipelineRun, Step, code_version
 
@@ -36,6 +42,90 @@ def artifact_root(cfg: PipelineConfig, home: Home) -> tuple[Path, RemoteRoot | N
     return home.artifacts, remote
 
 
+class RayUnreachable(UserError, RuntimeError):
+    """The Ray cluster named by --address, ray.address or RAY_ADDRESS does not answer."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped `tpipe run`; finished steps are kept and a re-run continues."""
+
+    def __init__(self, step: str | None, signal_name: str):
+        super().__init__(step, signal_name)
+        self.step, self.signal_name = step, signal_name
+
+
+RAY_CONNECT_TIMEOUT_S = 30.0  # a cluster that has not answered by then is not coming
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds with the address in the message when nothing listens there.
+
+    ray.init retries an unreachable GCS for minutes inside Ray's C++ client, where neither Ctrl-C
+    nor SIGTERM gets through; a plain TCP connect with a deadline answers first.
+    '127.0.0.1:1' -> RayUnreachable; 'ray://head:10001' probes head:10001; 'auto' and 'local' pass.
+    """
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnreachable(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379 or ray://head:10001)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        reason = f"no answer within {timeout_s:.0f} s" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise RayUnreachable(
+            f"cannot reach the Ray cluster at {address} ({reason}); start it "
+            "(ray start --head) or fix --address / ray.address / RAY_ADDRESS"
+        ) from None
+
+
+@contextmanager
+def _exit_unless_done_within(timeout_s: float, what: str):
+    """End the process with one line if the block is not done in `timeout_s`, or at once on a signal.
+
+    For ray.init on an address that accepts connections but never answers: its wait runs in Ray's
+    C++ client, where Python's signal handlers get no turn (SIGTERM and Ctrl-C would wait minutes).
+    The kernel still writes each signal to the wakeup fd, which a watching thread reads.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import select
+    import sys
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    previous = signal.set_wakeup_fd(w)
+    done = threading.Event()
+
+    def watch() -> None:
+        ready, _, _ = select.select([r], [], [], timeout_s)
+        if done.is_set():
+            return
+        if ready:
+            signum = os.read(r, 1)[0]
+            name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+            line, code = f"tpipe: interrupted ({name}) while connecting to the {what}", 128 + signum
+        else:
+            line, code = f"tpipe: {what} did not answer within {timeout_s:.0f} s; check the address and that the cluster is up", 2
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        os._exit(code)  # the lock and sockets go with the process; nothing else is half-written here
+
+    watcher = threading.Thread(target=watch, name="tpipe-connect-deadline", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        os.write(w, b"\0")  # wake the watcher, which sees `done` and returns
+        watcher.join(timeout=5)
+        os.close(r)
+        os.close(w)
+
+
 def connect_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray. True if we started it."""
     import ray
@@ -44,7 +134,15 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        check_ray_address(address)
+        # ...and Ray's own waits for its GCS are bounded by the same deadline (they default to minutes).
+        for knob in ("RAY_gcs_rpc_server_connect_timeout_s", "RAY_gcs_rpc_server_reconnect_timeout_s"):
+            os.environ.setdefault(knob, str(int(RAY_CONNECT_TIMEOUT_S)))
+        try:
+            with _exit_unless_done_within(RAY_CONNECT_TIMEOUT_S, f"Ray cluster at {address}"):
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        except (ConnectionError, TimeoutError, RuntimeError) as e:
+            raise RayUnreachable(f"Ray cluster at {address}: {redact_text(str(e).splitlines()[0][:300])}") from None
         return True
     ray.init(
         address="local",  # always a Ray of our own: never a stale or foreign `ray start` cluster on this machine
@@ -56,7 +154,57 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def run_pipeline(
+def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, **kw: Any) -> dict[str, Any]:
+    """Run (or continue) the pipeline for `cfg`; returns {"run_dir", "results", "summary"}.
+
+    One run at a time per home (they would share state.json and the step folders): a second one
+    is refused with the first one's pid and start time. Ctrl-C or SIGTERM ends it with
+    RunInterrupted, once the step is recorded as `interrupted` and Ray is shut down.
+    Keyword arguments: from_step, until_step, address, steps (see _run_pipeline).
+    """
+    home = Home.resolve()
+    interrupts = _Interrupts()
+    with home.run_lock() as stale, interrupts:
+        if stale is not None:
+            _Printer(quiet).line(f"taking over the run lock of {describe_holder(stale)}, which ended without releasing it")
+        try:
+            return _run_pipeline(cfg, quiet=quiet, interrupts=interrupts, **kw)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise RunInterrupted(interrupts.step, "SIGINT") from None
+
+
+class _Interrupts:
+    """SIGTERM raises RunInterrupted as Ctrl-C raises KeyboardInterrupt, while a run is on.
+
+    Both then unwind the same way: the step is recorded as interrupted, its MLflow run is marked
+    KILLED, Ray (and with a local Ray its Train workers) is shut down. `step` names the running step
+    for the message. ray.init installs a SIGTERM handler of its own, so `install` runs again after it.
+    """
+
+    def __init__(self) -> None:
+        self.step: str | None = None
+        self._previous: Any = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        raise RunInterrupted(self.step, "SIGTERM")
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def __enter__(self) -> "_Interrupts":
+        self._previous = signal.getsignal(signal.SIGTERM)
+        self.install()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if threading.current_thread() is threading.main_thread() and self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _run_pipeline(
     cfg: PipelineConfig,
     *,
     from_step: str | None = None,
@@ -64,16 +212,22 @@ def run_pipeline(
     address: str | None = None,
     steps: list[Step] | None = None,
     quiet: bool = False,
+    interrupts: _Interrupts | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) the pipeline for `cfg`; returns {"run_dir", "results", "summary"}."""
     import mlflow
 
-    from pipeline.tracking import check_tracking_server, log_artifact_file, log_dict_params, setup_mlflow
+    from pipeline.tracking import (
+        check_tracking_server, credentials_to_env, log_artifact_file, log_dict_params, setup_mlflow,
+    )
     from pipeline.translate import write_json
 
     printer = _Printer(quiet)
     home = Home.resolve()
-    tracking_uri = home.tracking_uri(cfg.mlflow.tracking_uri)
+    # A password in the tracking URI moves to MLflow's login variables here, and the URI goes on
+    # bare: in printed lines, summary.json, params, the saved config and the workers' config.
+    tracking_uri = credentials_to_env(home.tracking_uri(cfg.mlflow.tracking_uri))
+    if cfg.mlflow.tracking_uri:
+        cfg = dataclasses.replace(cfg, mlflow=dataclasses.replace(cfg.mlflow, tracking_uri=redact_uri(cfg.mlflow.tracking_uri)))
     remote = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if remote and remote not in ("local", "auto") and tracking_uri.startswith("sqlite:") and not os.environ.get("TPIPE_ALLOW_LOCAL_STORE"):
         # Workers on other machines cannot write to this machine's sqlite file.
@@ -81,9 +235,12 @@ def run_pipeline(
             f"MLflow store {tracking_uri} is a local sqlite file but Ray is at {remote}; "
             "set MLFLOW_TRACKING_URI (or mlflow.tracking_uri) to a tracking server, e.g. http://HOST:5000"
         )
+    if remote and remote not in ("local", "auto"):
+        check_ray_address(remote)  # a wrong address fails in seconds, naming it, before anything is written
     check_tracking_server(tracking_uri)  # before Ray starts or anything is written
     artifacts, remote = artifact_root(cfg, home)
-    # (Ray Train workers get tracking_uri explicitly in their config, not through the environment.)
+    # (Ray Train workers get the bare tracking_uri in their config; a login from the URI reaches a
+    # local Ray's workers in MLFLOW_TRACKING_USERNAME/PASSWORD, a cluster holds its own.)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     setup_mlflow(tracking_uri, cfg.mlflow.experiment, home)
     mlflow.set_experiment(cfg.mlflow.experiment)
@@ -95,9 +252,13 @@ def run_pipeline(
     def step_scope(step: Step, key: str, state_dir: Path):
         # Ray is connected on the first step that actually runs: a fully reused pipeline never
         # pays Ray's start-up (most of a re-run's cost otherwise).
+        if interrupts is not None:
+            interrupts.step = step.name
         if not ray_started:
             t = time.perf_counter()
             ray_started.append(connect_ray(address or cfg.ray.address, cfg.ray.num_cpus))
+            if interrupts is not None:
+                interrupts.install()  # ray.init replaced our SIGTERM handler with its own
             printer.line(f"ray: {'started locally' if ray_started[0] else 'connected'} in {time.perf_counter() - t:.1f}s")
         return mlflow_step_run(step, key, state_dir)
 
@@ -105,7 +266,7 @@ def run_pipeline(
     run_key = cfg.fingerprint()
     run_dir = home.runs / f"{cfg.run_name}-{run_key[:10]}-{version[:6]}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    (run_dir / "config.yaml").write_text(redact_text(cfg.to_yaml()), encoding="utf-8")  # also the artifact
 
     parent_file = run_dir / "mlflow_run_id"
     parent_id = parent_file.read_text().strip() if parent_file.exists() else None
@@ -125,7 +286,8 @@ def run_pipeline(
                 log_dict_params(cfg.to_dict())
                 mlflow.set_tags({"tpipe.pipeline_run": run_dir.name, "tpipe.code_version": version})
             log_artifact_file(run_dir / "config.yaml")
-            results = run.run(from_step, until_step)
+            with killed_on_interrupt():
+                results = run.run(from_step, until_step)
             for name, r in results.items():
                 mlflow.set_tag(f"tpipe.step.{name}", f"{'cached' if r.cached else 'done'} {r.key}")
             if "prepare" in results:
@@ -172,8 +334,21 @@ def mlflow_step_run(step: Step, key: str, state_dir: Path):
         id_file.write_text(run.info.run_id)
         mlflow.set_tags({"tpipe.step": step.name, "tpipe.step_key": key, "tpipe.step_inputs": ",".join(step.inputs)})
         t0 = time.perf_counter()
-        yield run
+        with killed_on_interrupt():
+            yield run
         mlflow.log_metric(f"step/{step.name}_seconds", time.perf_counter() - t0)
+
+
+@contextmanager
+def killed_on_interrupt():
+    """An interrupt ends the active MLflow run as KILLED, not FAILED (MLflow's choice for any exception)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        import mlflow
+
+        mlflow.end_run("KILLED")
+        raise
 
 
 class _Printer:
@@ -184,16 +359,19 @@ class _Printer:
 
         self.console = Console(stderr=False, quiet=quiet, highlight=False)
 
+    def _print(self, text: str) -> None:
+        self.console.print(redact_text(text))  # every line: a URI's password never reaches the terminal
+
     def line(self, text: str) -> None:
-        self.console.print(f"[dim]{text}[/dim]")
+        self._print(f"[dim]{text}[/dim]")
 
     def event(self, event: str, step: Step, info: dict[str, Any]) -> None:
         if event == "start":
-            self.console.print(f"[bold cyan]▶ {step.name}[/bold cyan]  {step.description}  [dim]({info['key']})[/dim]")
+            self._print(f"[bold cyan]▶ {step.name}[/bold cyan]  {step.description}  [dim]({info['key']})[/dim]")
         elif event == "cached":
-            self.console.print(f"[green]✓ {step.name}[/green]  reused [dim]{info['out_dir']}[/dim]")
+            self._print(f"[green]✓ {step.name}[/green]  reused [dim]{info['out_dir']}[/dim]")
         elif event == "done":
-            self.console.print(f"[green]✓ {step.name}[/green]  {info['seconds']:.1f}s  [dim]{_short(info['summary'])}[/dim]")
+            self._print(f"[green]✓ {step.name}[/green]  {info['seconds']:.1f}s  [dim]{_short(info['summary'])}[/dim]")
 
     def summary(self, s: dict[str, Any], home: Home) -> None:
         from rich.table import Table
@@ -213,10 +391,10 @@ class _Printer:
             for label, r in (("candidate " + ev["model"], ev["candidate"]), ("@champion", ev["champion"]), ("copy source (baseline)", ev["baseline_copy"])):
                 t.add_row(label, f"{r['bleu']:.1f}", f"{r['chrf']:.1f}", f"{r['ter']:.1f}", f"{r['exact_match']:.1f}")
             self.console.print(t)
-            self.console.print(f"promotion: {ev['promotion']}")
-            self.console.print(f"[dim]sacreBLEU {ev['signature']['bleu']}[/dim]")
-        self.console.print(f"total {s['wall_seconds']:.1f}s; run folder {s['run_dir']}")
-        self.console.print(f"open the MLflow UI:  [bold]tpipe ui[/bold]   (or: {home.ui_command(s['tracking_uri'])})")
+            self._print(f"promotion: {ev['promotion']}")
+            self._print(f"[dim]sacreBLEU {ev['signature']['bleu']}[/dim]")
+        self._print(f"total {s['wall_seconds']:.1f}s; run folder {s['run_dir']}")
+        self._print(f"open the MLflow UI:  [bold]tpipe ui[/bold]   (or: {home.ui_command(s['tracking_uri'])})")
 
 
 def _short(summary: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from data.errors import UserError
+from data.io import redact_text, redact_uri
 from pipeline.tracking import is_local_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,13 @@ def client(address: str):
 def submit(address: str, items: list[str], *, tracking_uri: str | None = None, run_args: list[str] = ()) -> str:
     """Submit `tpipe run ITEMS` as a Ray job; returns the submission id."""
     uri = tracking_uri_for_cluster(address, tracking_uri)
+    # Nothing sent carries a login: the URI goes without its user-info, and so do the overrides
+    # that become the entrypoint and the metadata (e.g. mlflow.tracking_uri=http://me:pw@host).
+    sent_items = [redact_text(i) for i in items]
+    if redact_uri(uri) != uri or sent_items != list(items):
+        print("tpipe: not sending the login inside a URI with the job (Ray logs a job's environment and "
+              "entrypoint); the cluster uses its own credentials", file=sys.stderr)
+    uri, items = redact_uri(uri), sent_items
     env = {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     if is_local_store(uri) and "TPIPE_HOME" in os.environ:  # the cluster is this machine: share its home
         env["TPIPE_HOME"] = os.environ["TPIPE_HOME"]

@@ -152,9 +152,11 @@ class PipelineRun:
             with self.step_scope(step, key, state_dir):
                 t0 = time.perf_counter()  # the step's own time, not the scope's set-up (e.g. Ray's start-up)
                 summary = step.fn(ctx)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            self._record_state(step.name, {"state": "failed", "key": key})
+            # Ctrl-C / SIGTERM (a KeyboardInterrupt) is not a failure of the step: a re-run continues it.
+            state = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            self._record_state(step.name, {"state": state, "key": key, "finished": time.time()})
             raise
         seconds = time.perf_counter() - t0
         (tmp / MARKER).write_text(
