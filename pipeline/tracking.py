@@ -111,6 +111,11 @@ def create_store(tracking_uri: str) -> None:
     db = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
     if db in ("", ":memory:"):
         return
+    import logging
+
+    # MLflow announces its migration at INFO on stderr ("Creating initial MLflow database tables...")
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with file_lock(f"{db}.lock"):
         # The first contact creates the store; MLflow caches it, so this process's later calls
         # (and any process after this one) find every table and migrate nothing.
