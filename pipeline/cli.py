@@ -75,9 +75,10 @@ def cmd_config(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from pipeline.home import Home
+    from pipeline.home import Home, describe_holder
 
-    runs_dir = Home.resolve().runs
+    home = Home.resolve()
+    runs_dir = home.runs
     runs = sorted(runs_dir.glob("*/state.json"), key=lambda p: p.stat().st_mtime) if runs_dir.exists() else []
     if not runs:
         print(f"no pipeline runs under {runs_dir}")
@@ -91,11 +92,16 @@ def cmd_status(args) -> int:
     else:
         state_file = runs[-1]
     state = json.loads(state_file.read_text(encoding="utf-8"))
+    active = home.active_run()
     print(f"run {state_file.parent.name}  ({state_file.parent})")
-    print(f"{'step':12s} {'state':9s} {'seconds':>8s}  output")
+    print(f"{'step':12s} {'state':11s} {'seconds':>8s}  output")
     for name, st in state["steps"].items():
         secs = f"{st['seconds']:.1f}" if "seconds" in st else "-"
-        print(f"{name:12s} {st['state']:9s} {secs:>8s}  {st.get('out_dir', '')}")
+        # 'running' with no live run in this home: its process was killed before it could say so
+        shown = "killed" if st["state"] == "running" and active is None else st["state"]
+        print(f"{name:12s} {shown:11s} {secs:>8s}  {st.get('out_dir', '')}")
+    if active is not None:
+        print(f"a run is working in this home: {describe_holder(active)}")
     return 0
 
 

@@ -92,6 +92,25 @@ class Home:
                 "wait for it to finish or stop it (one run per TPIPE_HOME; another home runs in parallel)"
             ) from None
 
+    def active_run(self) -> dict | None:
+        """The record of the run working in this home ({pid, started, command}), or None.
+
+        Read-only: taking the lock to test it could refuse a run starting at that moment.
+        """
+        try:
+            holder = _holder(self.run_lock_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        if holder is None or "pid" not in holder:
+            return None
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return None  # killed without releasing the lock: the next run takes it over
+        except PermissionError:
+            pass  # alive, another user's
+        return holder
+
     def tracking_uri(self, configured: str | None = None) -> str:
         """Config value, else `MLFLOW_TRACKING_URI`, else a sqlite store in this home."""
         return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"

@@ -270,6 +270,54 @@ def test_signed_in_users_read_but_write_only_when_granted(mlflow_server):
     assert as_alice("POST", "/api/2.0/mlflow/registered-models/alias", json=alias).status_code == 200
 
 
+def server_records(server: MLflowServer) -> str:
+    """Every experiment, run (params, tags, metrics) and model version on the server, as one JSON text."""
+    experiments = server.admin("POST", SEARCH, json={"max_results": 100}).json()["experiments"]
+    runs = server.admin("POST", "/api/2.0/mlflow/runs/search", json={
+        "experiment_ids": [e["experiment_id"] for e in experiments], "max_results": 1000}).json().get("runs", [])
+    versions = server.admin("GET", "/api/2.0/mlflow/model-versions/search", params={"max_results": 1000}).json()
+    models = server.admin("GET", "/api/2.0/mlflow/registered-models/search", params={"max_results": 1000}).json()
+    return json.dumps([experiments, runs, versions, models])
+
+
+def with_login(url: str, password: str) -> str:
+    """http://127.0.0.1:5000 -> http://tpipe-ci:PASSWORD@127.0.0.1:5000"""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{CLIENT_USER}:{password}@{rest}"
+
+
+@pytest.mark.slow
+def test_local_run_with_a_password_in_the_uri_leaks_it_nowhere(mlflow_server, tmp_path):
+    """`tpipe run` on a local Ray, its login planted in the tracking URI (the config key and
+    MLFLOW_TRACKING_URI) and in MLFLOW_TRACKING_PASSWORD: it tracks on the server (the Ray Train
+    worker too), and the password is in no printed line, no file of the home, no param, tag or
+    artifact, no log of Ray's session."""
+    password = mlflow_server.client_password
+    uri = with_login(mlflow_server.url, password)
+    home, ray_tmp = tmp_path / "home", Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))  # short: Ray's socket paths
+    env = clean_env(TPIPE_HOME=str(home), RAY_TMPDIR=str(ray_tmp), MLFLOW_TRACKING_URI=uri,
+                    MLFLOW_TRACKING_USERNAME=CLIENT_USER, MLFLOW_TRACKING_PASSWORD=password)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", "smoke", f"mlflow.tracking_uri={uri}",
+             "mlflow.experiment=leak-check", "train.max_steps=10", "train.num_workers=1", "--until", "train"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        assert f"mlflow: {mlflow_server.url}" in proc.stdout
+        records = server_records(mlflow_server)
+        train = [r for r in json.loads(records)[1] if {"key": "tpipe.step", "value": "train"} in r["data"].get("tags", [])
+                 and {"key": "train.max_steps", "value": "10"} in r["data"].get("params", [])]
+        assert train and any(m["key"] == "train/loss" for m in train[0]["data"].get("metrics", []))  # the worker logged
+        assert password not in proc.stdout + proc.stderr
+        assert password not in records
+        assert files_containing(home, [password]) == []  # summary.json, config.yaml, state, Ray Train's storage
+        assert files_containing(Path(mlflow_server.log).parent / "artifacts", [password]) == []  # config.yaml artifact
+        assert list(ray_tmp.glob("session_*/logs/*")), "no Ray session logs to search"
+        assert files_containing(ray_tmp, [password]) == []  # the workers' and Ray's own logs
+    finally:
+        subprocess.run(["rm", "-rf", str(ray_tmp)], check=False)
+
+
 # --------------------------------------------------------------------------------------------
 # Second half: `tpipe submit` to a local Ray head
 
@@ -328,10 +376,15 @@ def test_submitted_pipeline_registers_its_model_without_leaking_credentials(mlfl
     # The job API is closed without the cluster's token.
     assert requests.get(ray_head.address + "/api/jobs/", timeout=30).status_code == 401
     model = "deploy-rehearsal-pipeline"
+    # The login is planted where users put it: in the tracking URI (the shell's and a config
+    # override) and in the shell's environment. None of it may travel: the job uses the cluster's.
+    planted = with_login(mlflow_server.url, mlflow_server.client_password)
     cmd = [str(BIN / "tpipe"), "submit", "smoke", f"registry.model_name={model}", "train.max_steps=10",
-           "train.num_workers=1", "--address", ray_head.address, "--follow"]
-    proc = subprocess.run(cmd, env=submit_env(mlflow_server, ray_head, tmp_path / "home"), cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+           "train.num_workers=1", f"mlflow.tracking_uri={planted}", "--address", ray_head.address, "--follow"]
+    env = submit_env(mlflow_server, ray_head, tmp_path / "home", MLFLOW_TRACKING_USERNAME=CLIENT_USER,
+                     MLFLOW_TRACKING_PASSWORD=mlflow_server.client_password)
+    env["MLFLOW_TRACKING_URI"] = planted
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     job_id = proc.stdout.strip().splitlines()[0]
     assert f"job {job_id}: SUCCEEDED" in proc.stdout
@@ -356,7 +409,7 @@ def test_submitted_pipeline_registers_its_model_without_leaking_credentials(mlfl
     assert runs
     jobs = requests.get(ray_head.address + "/api/jobs/", headers={"Authorization": f"Bearer {ray_head.token}"},
                         timeout=30).json()
-    for what, blob in [("a run's params or tags", json.dumps(runs) + json.dumps(versions)),
+    for what, blob in [("a run's params or tags", json.dumps(runs) + json.dumps(versions) + server_records(mlflow_server)),
                        ("the job's log", proc.stdout + proc.stderr), ("Ray's job record", json.dumps(jobs))]:
         assert not any(s in blob for s in secrets_), f"a credential leaked into {what}"
     assert files_containing(ray_head.logs(), secrets_) == []
