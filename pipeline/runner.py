@@ -105,7 +105,10 @@ def _exit_unless_done_within(timeout_s: float, what: str):
             return
         if ready:
             signum = os.read(r, 1)[0]
-            name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+            try:
+                name = signal.Signals(signum).name
+            except ValueError:
+                name = f"signal {signum}"
             line, code = f"tpipe: interrupted ({name}) while connecting to the {what}", 128 + signum
         else:
             line, code = f"tpipe: {what} did not answer within {timeout_s:.0f} s; check the address and that the cluster is up", 2
@@ -133,11 +136,7 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
-        check_ray_address(address)
-        # ...and Ray's own waits for its GCS are bounded by the same deadline (they default to minutes).
-        for knob in ("RAY_gcs_rpc_server_connect_timeout_s", "RAY_gcs_rpc_server_reconnect_timeout_s"):
-            os.environ.setdefault(knob, str(int(RAY_CONNECT_TIMEOUT_S)))
+    if address is not None:  # (run_pipeline has probed it: check_ray_address)
         try:
             with _exit_unless_done_within(RAY_CONNECT_TIMEOUT_S, f"Ray cluster at {address}"):
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)

@@ -93,13 +93,16 @@ def test_unreachable_ray_address_fails_in_seconds_naming_it(tmp_path):
 def test_sigterm_while_joining_a_silent_cluster_ends_the_run_at_once(tmp_path):
     """A port that accepts connections and never answers: ray.init waits inside Ray's C++ client
     (for minutes, deaf to signals); SIGTERM must still end `tpipe run` at once, with one line."""
+    from ray._private.services import get_node_ip_address
+
+    ip = get_node_ip_address()  # what Ray turns 127.0.0.1 into: the address it will really dial
     with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
+        silent.bind((ip, 0))
         silent.listen(16)  # connections complete in the kernel's backlog; nobody ever answers
         port = silent.getsockname()[1]
         home = tmp_path / "h"
         env = tpipe_env(home, TPIPE_ALLOW_LOCAL_STORE="1")
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "smoke", "--address", f"127.0.0.1:{port}"],
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "smoke", "--address", f"{ip}:{port}"],
                                 cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         # The first connection is tpipe's probe of the port, the second ray.init's own: from then on
         # the run waits inside Ray's C++ client.
@@ -120,7 +123,7 @@ def test_sigterm_while_joining_a_silent_cluster_ends_the_run_at_once(tmp_path):
     assert proc.returncode != 0 and time.monotonic() - t0 < 20
     lines = err.strip().splitlines()
     assert len(lines) == 1, err[-2000:]
-    assert lines[0] == f"tpipe: interrupted (SIGTERM) while connecting to the Ray cluster at 127.0.0.1:{port}"
+    assert lines[0] == f"tpipe: interrupted (SIGTERM) while connecting to the Ray cluster at {ip}:{port}"
 
 
 # ---- four runs at once, Ctrl-C during training, re-runs (real Ray and MLflow) --------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -85,3 +86,13 @@ def test_unreachable_server_is_one_line_without_the_password(tmp_path):
     assert password not in proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"MLflow tracking server http://127.0.0.1:{port} did not answer" in lines[0], proc.stderr
+
+
+def test_a_login_in_the_uri_moves_to_mlflows_variables_and_the_uri_goes_on_bare(monkeypatch):
+    from pipeline.tracking import credentials_to_env
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "older")
+    assert credentials_to_env("http://ci:p%40ss@127.0.0.1:5000/") == "http://127.0.0.1:5000/"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ci", "p@ss")
+    assert credentials_to_env("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
