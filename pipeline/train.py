@@ -331,6 +331,35 @@ class _ProgressPrinter(_callback_base()):
         print("[train] " + "  ".join(parts), flush=True)
 
 
+def fit_in_a_thread(trainer):
+    """trainer.fit() in a helper thread, so that Ctrl-C and SIGTERM reach tpipe at once.
+
+    On the main thread Ray Train installs a SIGINT handler of its own: it asks the controller to
+    abort gracefully (the workers go on for seconds, checkpointing), then exits with status 1 and
+    no message, and stays installed afterwards. From any other thread it installs none (as under
+    Ray Tune). The main thread waits here, interruptibly; an interrupt unwinds as tpipe's
+    (pipeline/runner.py): the step is recorded `interrupted` and Ray is shut down, which ends the
+    workers. Ray Train keeps only completed checkpoints, so a re-run resumes from the last one.
+    """
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # handed to the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def run_training(
     cfg: PipelineConfig,
     *,
@@ -389,7 +418,7 @@ def run_training(
             logging_config=LoggingConfig(log_level="WARNING"),  # no INFO line per report on the terminal
         ),
     )
-    result = trainer.fit()
+    result = fit_in_a_thread(trainer)
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
