@@ -99,20 +99,20 @@ def setup_mlflow(tracking_uri: str, experiment: str, home: Home | None = None) -
 def create_store(tracking_uri: str) -> None:
     """Create (and migrate) a local sqlite store once, under a lock beside the database file.
 
-    MLflow creates a new store's tables by running its schema migrations on first contact; two
-    processes doing that on one file at once both fail (`table _alembic_tmp_... already exists`)
-    and leave a store every later run fails on. Under the lock the first process migrates and the
-    others find the tables made. Server stores (http, postgres) migrate on their own side.
+    MLflow creates a new store's tables by running its schema migrations on first contact; when
+    processes do that on one file at once, all but one fail (`table _alembic_tmp_... already
+    exists`) and the store is left half-migrated for every later run. Under the lock the first
+    process migrates and the others find the tables made. Servers migrate on their own side.
     """
-    if not tracking_uri.startswith("sqlite:///"):
-        return
+    import logging
+
     from mlflow import MlflowClient
 
+    if not tracking_uri.startswith("sqlite:///"):
+        return
     db = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
     if db in ("", ":memory:"):
         return
-    import logging
-
     # MLflow announces its migration at INFO on stderr ("Creating initial MLflow database tables...")
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
