@@ -73,7 +73,7 @@ def submit(address: str, items: list[str], *, tracking_uri: str | None = None, r
     env = {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     if is_local_store(uri) and "TPIPE_HOME" in os.environ:  # the cluster is this machine: share its home
         env["TPIPE_HOME"] = os.environ["TPIPE_HOME"]
-    env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    env.update({k: redact_text(os.environ[k]) for k in FORWARDED_ENV if k in os.environ})
     held_here = [k for k in SECRET_ENV if k in os.environ]
     if held_here:
         print(f"tpipe: not sending {', '.join(held_here)} with the job (Ray logs a job's environment); "
