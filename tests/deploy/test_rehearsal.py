@@ -312,7 +312,7 @@ def test_local_run_with_a_password_in_the_uri_leaks_it_nowhere(mlflow_server, tm
         assert password not in records
         assert files_containing(home, [password]) == []  # summary.json, config.yaml, state, Ray Train's storage
         assert files_containing(Path(mlflow_server.log).parent / "artifacts", [password]) == []  # config.yaml artifact
-        assert list(ray_tmp.glob("session_*/logs/*")), "no Ray session logs to search"
+        assert list(ray_tmp.glob("**/session_*/logs/*")), "no Ray session logs to search"  # RAY_TMPDIR/ray/session_*
         assert files_containing(ray_tmp, [password]) == []  # the workers' and Ray's own logs
     finally:
         subprocess.run(["rm", "-rf", str(ray_tmp)], check=False)
