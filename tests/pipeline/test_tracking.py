@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 FIRST_CONTACT = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
+    import mlflow
     from pipeline.tracking import setup_mlflow
-    start = float(sys.argv[2])
-    time.sleep(max(0.0, start - time.time()))  # every process reaches the empty store at once
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[2]):  # every process reaches the empty store at once
+        time.sleep(0.01)
     print(setup_mlflow(sys.argv[1], "tpipe"))
     """
 )
@@ -33,10 +34,12 @@ def test_first_contacts_at_once_create_one_sound_store(tmp_path):
     Without the lock each runs MLflow's schema migration and all but one fail on
     `table _alembic_tmp_... already exists`, leaving a store no later run can use.
     """
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    start = time.time() + 8  # past every process's imports (mlflow is slow to import on 2 busy cores)
-    procs = [subprocess.Popen([sys.executable, "-c", FIRST_CONTACT, uri, str(start)], cwd=REPO, text=True,
+    uri, go = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_CONTACT, uri, str(go)], cwd=REPO, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.communicate()
+    go.touch()
     outs = [p.communicate(timeout=180) for p in procs]
     failed = [err[-1500:] for p, (_, err) in zip(procs, outs) if p.returncode != 0]
     assert not failed, failed
