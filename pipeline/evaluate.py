@@ -207,8 +207,9 @@ def record_evaluation(name: str, version: int, result: dict[str, Any], *, canoni
     Every evaluation is one version tag `eval.<key>` (JSON: data, decoding, scores, run), keyed by
     what it was measured on, so an evaluation on other data never replaces another's record. The
     flat `eval.bleu`, `eval.chrf`, ... tags are the version's test-split scores (`canonical`: the
-    pipeline's evaluation, or `tpipe evaluate --split test` with the model's own decoding); they
-    are written once per data hash (`eval.data_sha256`) and never by an evaluation on other data.
+    pipeline's evaluation, or `tpipe evaluate --split test` with the model's own decoding), with
+    `eval.data_sha256` saying which sentences; written by the first such evaluation only, and
+    never by an evaluation on other data.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -239,12 +240,14 @@ def record_evaluation(name: str, version: int, result: dict[str, Any], *, canoni
         mlflow.log_metric("test/sentences_per_second", result["sentences_per_second"])
         mlflow.log_dict({"signature": result["signature"], "samples": result["samples"]}, "evaluation/samples.json")
         run_id = run.info.run_id
-    record = {"data": data, "decoding": result["decoding"], "tgt_lang": result["tgt_lang"], "run_id": run_id}
-    client.set_model_version_tag(name, str(version), f"eval.{key}",
-                                 json.dumps(record | {k: result[k] for k in RECORDED}, sort_keys=True, ensure_ascii=False))
+    # First record wins: a later evaluation of the same (data, decoding) has its own run, and
+    # never replaces what the version already shows.
     tags = client.get_model_version(name, str(version)).tags
-    first = "eval.bleu" not in tags and "eval.data_sha256" not in tags
-    if canonical and (first or tags.get("eval.data_sha256") == data["sha256"]):
+    record = {"data": data, "decoding": result["decoding"], "tgt_lang": result["tgt_lang"], "run_id": run_id}
+    if f"eval.{key}" not in tags:
+        client.set_model_version_tag(name, str(version), f"eval.{key}",
+                                     json.dumps(record | {k: result[k] for k in RECORDED}, sort_keys=True, ensure_ascii=False))
+    if canonical and "eval.bleu" not in tags:
         for metric in RECORDED:
             client.set_model_version_tag(name, str(version), f"eval.{metric}", str(result[metric]))
         for k, v in (("data", data["data"]), ("data_sha256", data["sha256"]), ("n_sentences", str(data["n_sentences"])),

@@ -320,6 +320,8 @@ def test_ray_task_killed_once_is_retried(first_run, tmp_path):
 def test_tpipe_evaluate_reproduces_the_pipelines_scores(first_run):
     """`tpipe evaluate models:/NAME/VERSION --split test` in a fresh process: the same test set, the
     same scores as the pipeline's own evaluation step; it logs its own evaluation run."""
+    client = _use_store(first_run["summary"]["tracking_uri"])
+    tags_before = client.get_model_version("tpipe-smoke", "1").tags
     env = {**os.environ, "TPIPE_HOME": os.environ["TPIPE_HOME"]}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "models:/tpipe-smoke/1", "--split", "test",
@@ -333,6 +335,10 @@ def test_tpipe_evaluate_reproduces_the_pipelines_scores(first_run):
         assert ours[metric] == pipeline_scores[metric], metric
         assert champion[metric] == ours[metric]  # v1 is the champion
     assert ours["n_sentences"] == first_run["summary"]["evaluation"]["n_sentences"]
+    # the same sentences as the pipeline's evaluation (its record), and that record is left as it was
+    tags_after = client.get_model_version("tpipe-smoke", "1").tags
+    assert ours["data"]["sha256"] == tags_before["eval.data_sha256"]
+    assert {k: tags_after.get(k) for k in tags_before} == tags_before
 
 
 def _use_store(uri: str):
