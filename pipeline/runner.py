@@ -126,7 +126,7 @@ def run_pipeline(
                              "tpipe.config_hash": run_key})
             log_artifact_file(run_dir / "config.yaml")
             results = run.run(from_step, until_step)
-            mlflow.set_tags(step_tags(results, mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id))
+            mlflow.set_tags(step_tags(results, parent.info.experiment_id))
             if "prepare" in results:
                 for f in ("data_report.json", "lengths.png"):
                     log_artifact_file(results["prepare"].out_dir / f, "data")
