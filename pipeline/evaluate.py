@@ -91,10 +91,10 @@ def evaluate_pyfunc(
     hyps = list(pyfunc.predict(sources, params=params) if params else pyfunc.predict(sources))
     decode_s = time.perf_counter() - t0
     result = score(hyps, references, tgt_lang)
-    # Loss and perplexity need the network itself, not just its translations.
-    nll_sum, n_tokens = pyfunc.unwrap_python_model().translator.nll(sources, references)
-    loss = nll_sum / max(n_tokens, 1)
+    # Loss, perplexity and the decoding settings need the translator itself, not just its output.
     translator = pyfunc.unwrap_python_model().translator
+    nll_sum, n_tokens = translator.nll(sources, references)
+    loss = nll_sum / max(n_tokens, 1)
     decoding = {k: translator.generation.get(k) for k in ("beam_size", "max_len", "length_penalty")}
     decoding |= {k: v for k, v in (params or {}).items() if v is not None}
     result.update(
