@@ -144,34 +144,44 @@ def _read_tsv(path: str) -> list[tuple[str, str]]:
 def cmd_evaluate(args) -> int:
     _setup_tracking()
     from pipeline.evaluate import (
-        evaluate_pyfunc, record_evaluation, resolve_version, split_pairs_of_version,
+        data_identity, evaluate_pyfunc, model_tgt_lang, record_evaluation, resolve_version, split_pairs_of_version,
     )
-    from pipeline.registry import promote_if_better
+    from pipeline.registry import alias_version, promote_if_better
 
     name, version = resolve_version(args.model_uri)
     if args.data:
-        pairs, data = _read_tsv(args.data), args.data
+        pairs, data, split = _read_tsv(args.data), os.path.abspath(args.data), None
     else:
-        pairs, data = split_pairs_of_version(name, version, args.split), f"split:{args.split}"
-    if args.max_sentences:
-        pairs = pairs[: args.max_sentences]
+        pairs, data, split = split_pairs_of_version(name, version, args.split), f"split:{args.split}", args.split
+    if args.max_sentences and len(pairs) > args.max_sentences:
+        pairs, data = pairs[: args.max_sentences], f"{data}[:{args.max_sentences}]"
+        split = None if split is None else f"{split}[:{args.max_sentences}]"
+    identity = data_identity(pairs, data, split)
+    tgt_lang = args.tgt_lang or model_tgt_lang(name, version)
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    params = {"beam_size": args.beam} if args.beam else None
     uris = [f"models:/{name}/{version}"] + ([args.compare] if args.compare else [])
-    results = []
-    for uri in uris:
-        params = {"beam_size": args.beam} if args.beam else None
-        results.append(evaluate_pyfunc(uri, sources, refs, args.tgt_lang, params=params))
-    run_id = record_evaluation(name, version, results[0], data=data)
+    compared = resolve_version(args.compare) if args.compare else None
+    results = [evaluate_pyfunc(uri, sources, refs, tgt_lang, params=params, data=identity) for uri in uris]
+    # The test split with the model's own decoding is the version's headline score (eval.bleu, ...).
+    run_id = record_evaluation(name, version, results[0], canonical=split == "test" and params is None)
     header = f"{'metric':22s}" + "".join(f"{u:>34s}" for u in uris)
     print(header)
     for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perplexity", "sentences_per_second"):
         print(f"{k:22s}" + "".join(f"{r.get(k, '-'):>34}" for r in results))
-    print(f"sentences: {len(pairs)} ({data}); evaluation run {run_id}")
+    print(f"sentences: {len(pairs)} ({data}, sha256 {identity['sha256'][:12]}); evaluation run {run_id}")
     print(f"sacreBLEU {results[0]['signature']['bleu']}")
     print(f"chrF      {results[0]['signature']['chrf']}")
     print(f"TER       {results[0]['signature']['ter']}")
     if args.promote:
-        moved, message = promote_if_better(name, version, args.metric, alias=args.promote)
+        # Promotion compares this version with the alias's holder on these same sentences: the
+        # --compare result when it is the holder, else the holder is scored here.
+        holder = alias_version(name, args.promote)
+        held = None
+        if holder is not None and holder != version:
+            held = results[1] if compared == (name, holder) else evaluate_pyfunc(
+                f"models:/{name}/{holder}", sources, refs, tgt_lang, params=params, data=identity)
+        moved, message = promote_if_better(name, version, args.metric, results[0], held, alias=args.promote)
         print(f"promotion: {message}")
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "samples"} for r in results], ensure_ascii=False))
@@ -273,9 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test", help="a split of the data the model was trained on (default test)")
     e.add_argument("--beam", type=int, default=None, help="beam size (default: the model's configured decoding)")
     e.add_argument("--max-sentences", type=int, default=0, help="evaluate at most this many (0: all)")
-    e.add_argument("--tgt-lang", default="zh", help="target language, picks sacreBLEU's tokenizer (default zh)")
+    e.add_argument("--tgt-lang", default=None,
+                   help="target language, picks sacreBLEU's tokenizer (default: the language the model translates into)")
     e.add_argument("--compare", default=None, help="another model URI scored side by side, e.g. models:/NAME@champion")
-    e.add_argument("--promote", default=None, metavar="ALIAS", help="move ALIAS to this version if it scores better")
+    e.add_argument("--promote", default=None, metavar="ALIAS",
+                   help="move ALIAS to this version if it scores better than ALIAS's holder on the same sentences")
     e.add_argument("--metric", default="bleu", choices=["bleu", "chrf", "exact_match"], help="metric for --promote")
     e.add_argument("--json", action="store_true", help="also print the scores as JSON")
     e.set_defaults(func=cmd_evaluate)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
+
+from data.errors import UserError
+
+
+class EvaluationError(UserError, ValueError):
+    """A model URI, data file or language an evaluation cannot use."""
 
 
 def bleu_tokenizer(tgt_lang: str) -> str:
@@ -47,12 +56,27 @@ def score(hypotheses: list[str], references: list[str], tgt_lang: str = "en") ->
     }
 
 
+def data_identity(pairs: list[tuple[str, str]], data: str, split: str | None = None) -> dict[str, Any]:
+    """What an evaluation is measured on: a label, the split (None for a file), a hash and the size.
+
+    Two results are comparable only when their `sha256` match (the same pairs in the same order).
+    """
+    h = hashlib.sha256()
+    for source, reference in pairs:
+        h.update(json.dumps([source, reference], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return {"data": data, "split": split, "sha256": h.hexdigest(), "n_sentences": len(pairs)}
+
+
 def evaluate_pyfunc(
-    model_uri: str, sources: list[str], references: list[str], tgt_lang: str, params: dict[str, Any] | None = None
+    model_uri: str, sources: list[str], references: list[str], tgt_lang: str, params: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load a registered model through MLflow (as a user would) and score it on (sources, references).
 
-    `params` change the decoding for this evaluation, e.g. {"beam_size": 5}.
+    `params` change the decoding for this evaluation, e.g. {"beam_size": 5}; without them the
+    model decodes with its own settings. The result records the decoding used and `data`
+    (data_identity of the pairs, computed here when not given).
     """
     import mlflow
 
@@ -67,11 +91,17 @@ def evaluate_pyfunc(
     hyps = list(pyfunc.predict(sources, params=params) if params else pyfunc.predict(sources))
     decode_s = time.perf_counter() - t0
     result = score(hyps, references, tgt_lang)
-    # Loss and perplexity need the network itself, not just its translations.
-    nll_sum, n_tokens = pyfunc.unwrap_python_model().translator.nll(sources, references)
+    # Loss, perplexity and the decoding settings need the translator itself, not just its output.
+    translator = pyfunc.unwrap_python_model().translator
+    nll_sum, n_tokens = translator.nll(sources, references)
     loss = nll_sum / max(n_tokens, 1)
+    decoding = {k: translator.generation.get(k) for k in ("beam_size", "max_len", "length_penalty")}
+    decoding |= {k: v for k, v in (params or {}).items() if v is not None}
     result.update(
         {
+            "data": data or data_identity(list(zip(sources, references)), "pairs"),
+            "decoding": decoding,
+            "tgt_lang": tgt_lang,
             "loss": round(loss, 5),
             "perplexity": round(math.exp(min(loss, 50.0)), 4),
             "model_uri": model_uri,
@@ -93,14 +123,14 @@ def resolve_version(model_uri: str) -> tuple[str, int]:
     from mlflow import MlflowClient
 
     if not model_uri.startswith("models:/"):
-        raise ValueError(f"{model_uri!r} is not a registered model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+        raise EvaluationError(f"{model_uri!r} is not a registered model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
     rest = model_uri[len("models:/"):]
     if "@" in rest:
         name, alias = rest.split("@", 1)
         return name, int(MlflowClient().get_model_version_by_alias(name, alias).version)
     name, _, version = rest.rpartition("/")
     if not name or not version.isdigit():
-        raise ValueError(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+        raise EvaluationError(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
     return name, int(version)
 
 
@@ -146,14 +176,46 @@ def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[st
     return [(r["src"], r["tgt"]) for r in rows]
 
 
-def record_evaluation(name: str, version: int, result: dict[str, Any], *, data: str) -> str:
-    """Tag the version with its scores and log an evaluation run linked to it; returns the run id."""
+def model_tgt_lang(name: str, version: int) -> str:
+    """The language a version translates into: its `tpipe.tgt_lang` tag, else its training run's
+    `data.tgt_lang` param (versions registered before the tag existed)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    mv = client.get_model_version(name, str(version))
+    lang = mv.tags.get("tpipe.tgt_lang")
+    if lang is None and mv.run_id:
+        lang = client.get_run(mv.run_id).data.params.get("data.tgt_lang")
+    if lang is None:
+        raise EvaluationError(f"models:/{name}/{version} does not record its target language; give --tgt-lang")
+    return lang
+
+
+def evaluation_key(result: dict[str, Any]) -> str:
+    """One key per (data, decoding, target language): the same measurement gets the same key."""
+    blob = json.dumps({"data": result["data"]["sha256"], "decoding": result["decoding"], "tgt_lang": result["tgt_lang"]},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+RECORDED = ("bleu", "chrf", "ter", "exact_match")
+
+
+def record_evaluation(name: str, version: int, result: dict[str, Any], *, canonical: bool = False) -> str:
+    """Log an evaluation run linked to the version and tag the version with the result; returns the run id.
+
+    Every evaluation is one version tag `eval.<key>` (JSON: data, decoding, scores, run), keyed by
+    what it was measured on, so an evaluation on other data never replaces another's record. The
+    flat `eval.bleu`, `eval.chrf`, ... tags are the version's test-split scores (`canonical`: the
+    pipeline's evaluation, or `tpipe evaluate --split test` with the model's own decoding), with
+    `eval.data_sha256` saying which sentences; written by the first such evaluation only, and
+    never by an evaluation on other data.
+    """
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    for metric in ("bleu", "chrf", "ter", "exact_match"):
-        client.set_model_version_tag(name, str(version), f"eval.{metric}", str(result[metric]))
+    data, key = result["data"], evaluation_key(result)
     active = mlflow.active_run()  # the pipeline's evaluate step already runs in its own nested run
     in_step = active is not None and mlflow.get_run(active.info.run_id).data.tags.get("tpipe.step") == "evaluate"
     if in_step:
@@ -163,12 +225,32 @@ def record_evaluation(name: str, version: int, result: dict[str, Any], *, data: 
         # write, rather than in whatever experiment this shell happens to point at.
         source_run = client.get_model_version(name, str(version)).run_id
         experiment_id = client.get_run(source_run).info.experiment_id if source_run else None
-        scope = mlflow.start_run(run_name=f"evaluate-{name}-v{version}", nested=active is not None,
-                                 experiment_id=None if active is not None else experiment_id)
+        label = data["split"] or Path(data["data"]).name
+        scope = mlflow.start_run(run_name=f"evaluate-{name}-v{version}-{label}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                 nested=active is not None, experiment_id=None if active is not None else experiment_id)
     with scope as run:
-        mlflow.set_tags({"tpipe.step": "evaluate", "tpipe.model_name": name, "tpipe.model_version": str(version),
-                         "tpipe.eval_data": data, "sacrebleu.signature": result["signature"]["bleu"]})
+        mlflow.set_tags({
+            "tpipe.step": "evaluate", "tpipe.model_name": name, "tpipe.model_version": str(version),
+            "tpipe.eval_data": data["data"], "tpipe.eval_split": data["split"] or "", "tpipe.eval_data_sha256": data["sha256"],
+            "tpipe.eval_n_sentences": str(data["n_sentences"]), "tpipe.eval_key": key,
+            "tpipe.eval_decoding": json.dumps(result["decoding"], sort_keys=True),
+            "sacrebleu.signature": result["signature"]["bleu"],
+        })
         mlflow.log_metrics({f"test/{k}": float(result[k]) for k in METRICS})
         mlflow.log_metric("test/sentences_per_second", result["sentences_per_second"])
         mlflow.log_dict({"signature": result["signature"], "samples": result["samples"]}, "evaluation/samples.json")
-        return run.info.run_id
+        run_id = run.info.run_id
+    # First record wins: a later evaluation of the same (data, decoding) has its own run, and
+    # never replaces what the version already shows.
+    tags = client.get_model_version(name, str(version)).tags
+    record = {"data": data, "decoding": result["decoding"], "tgt_lang": result["tgt_lang"], "run_id": run_id}
+    if f"eval.{key}" not in tags:
+        client.set_model_version_tag(name, str(version), f"eval.{key}",
+                                     json.dumps(record | {k: result[k] for k in RECORDED}, sort_keys=True, ensure_ascii=False))
+    if canonical and "eval.bleu" not in tags:
+        for metric in RECORDED:
+            client.set_model_version_tag(name, str(version), f"eval.{metric}", str(result[metric]))
+        for k, v in (("data", data["data"]), ("data_sha256", data["sha256"]), ("n_sentences", str(data["n_sentences"])),
+                     ("decoding", json.dumps(result["decoding"], sort_keys=True)), ("key", key)):
+            client.set_model_version_tag(name, str(version), f"eval.{k}", v)
+    return run_id

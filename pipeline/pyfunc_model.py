@@ -21,7 +21,9 @@ class TranslationModel(PythonModel):
         self.translator = Translator(context.artifacts["package"])
 
     def predict(self, context, model_input, params=None):
-        # params (beam_size, max_len, length_penalty) change decoding for this call only
+        # params (beam_size, max_len, length_penalty) change decoding for this call only; one the
+        # caller left out arrives as None (the signature's default, pipeline/registry.py) and the
+        # package's generation.json decides it.
         return self.translator.translate(_sentences(model_input), **(params or {}))
 
 

@@ -23,34 +23,65 @@ def log_and_register(package_dir: Path, model_name: str, tags: dict[str, str] | 
 
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
 
-    # params let callers change decoding per call: predict(texts, params={"beam_size": 5}).
     client = MlflowClient()
     run_id = mlflow.active_run().info.run_id
+    card = _model_card(package_dir)
     existing = [mv for mv in client.search_model_versions(f"name = '{model_name}'") if mv.run_id == run_id]
     if existing:
         mv = max(existing, key=lambda m: int(m.version))
         for k, v in (tags or {}).items():
             client.set_model_version_tag(model_name, mv.version, k, v)
-        client.set_registered_model_alias(model_name, CANDIDATE, mv.version)
-        return {"version": int(mv.version), "model_uri": f"models:/{model_name}/{mv.version}", "run_id": mv.run_id}
-
-    signature = infer_signature(["a sentence"], ["a translation"], params={"beam_size": 1, "max_len": 64, "length_penalty": 1.0})
-    with warnings.catch_warnings():
-        # The signature is explicit (no type hints, no input example needed): silence MLflow's advice.
-        warnings.filterwarnings("ignore", message=".*(type hints|input example).*")
-        info = _log_pyfunc(package_dir, signature)
-    mv = mlflow.register_model(info.model_uri, model_name, tags=tags or {})
+    else:
+        with warnings.catch_warnings():
+            # The signature is explicit (no type hints, no input example needed): silence MLflow's advice.
+            warnings.filterwarnings("ignore", message=".*(type hints|input example).*")
+            info = _log_pyfunc(package_dir, decoding_signature(), name=logged_model_name(model_name, tags or {}))
+        mv = mlflow.register_model(info.model_uri, model_name, tags=tags or {})
+    if card:
+        # The model card is what the registry's pages show for the model and for this version.
+        client.update_model_version(model_name, mv.version, description=card)
+        client.update_registered_model(model_name, description=card)
     client.set_registered_model_alias(model_name, CANDIDATE, mv.version)
     return {"version": int(mv.version), "model_uri": f"models:/{model_name}/{mv.version}", "run_id": mv.run_id}
 
 
-def _log_pyfunc(package_dir: Path, signature):
+def decoding_signature():
+    """Strings in, strings out; decoding params whose default (None) means "the package's own".
+
+    `predict(texts)` decodes with the package's generation.json (eval.beam_size, eval.max_len,
+    eval.length_penalty of the run that made it); `predict(texts, params={"beam_size": 5})`
+    overrides one setting for one call. MLflow passes every declared param, filled with its
+    default when the caller leaves it out, so a concrete default would override the package.
+    """
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import DataType, ParamSchema, ParamSpec
+
+    io = infer_signature(["a sentence"], ["a translation"])
+    params = ParamSchema([
+        ParamSpec("beam_size", DataType.long, None),
+        ParamSpec("max_len", DataType.long, None),
+        ParamSpec("length_penalty", DataType.double, None),
+    ])
+    return ModelSignature(inputs=io.inputs, outputs=io.outputs, params=params)
+
+
+def logged_model_name(model_name: str, tags: dict[str, str]) -> str:
+    """The logged model's name in the UI: the registered name and the config it was trained with."""
+    config_hash = tags.get("tpipe.config_hash")
+    return f"{model_name}-{config_hash[:8]}" if config_hash else model_name
+
+
+def _model_card(package_dir: Path) -> str | None:
+    card = Path(package_dir) / "README.md"
+    return card.read_text(encoding="utf-8") if card.exists() else None
+
+
+def _log_pyfunc(package_dir: Path, signature, name: str):
     import mlflow
 
     return mlflow.pyfunc.log_model(
-        name="model",
+        name=name,
         python_model=str(_PKG_ROOT / "pipeline" / "pyfunc_model.py"),
         artifacts={"package": str(package_dir)},
         # tpipe's own packages travel with the model so a fresh process can load it.
@@ -74,39 +105,42 @@ def _requirements() -> list[str]:
     return reqs
 
 
-def champion_version(model_name: str) -> int | None:
+def alias_version(model_name: str, alias: str = CHAMPION) -> int | None:
+    """The version holding `alias`, or None."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        return int(MlflowClient().get_model_version_by_alias(model_name, CHAMPION).version)
+        return int(MlflowClient().get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
         return None
 
 
-def version_metric(model_name: str, version: int, metric: str) -> float | None:
-    """The test-set score recorded on a version by its evaluation (tag `eval.<metric>`)."""
+def promote_if_better(
+    model_name: str, version: int, metric: str, new: dict[str, Any], held: dict[str, Any] | None,
+    alias: str = CHAMPION,
+) -> tuple[bool, str]:
+    """Move `alias` to `version` when no version holds it, or when `version` scores higher on `metric`
+    than the holder did on the same data.
+
+    `new` and `held` are evaluation results (pipeline.evaluate.evaluate_pyfunc) of `version` and of
+    the alias's current holder, each with its `data` identity. Scores measured on different data
+    are never compared: the promotion is refused, with the reason.
+    """
     from mlflow import MlflowClient
 
-    mv = MlflowClient().get_model_version(model_name, str(version))
-    value = mv.tags.get(f"eval.{metric}")
-    return float(value) if value is not None else None
-
-
-def promote_if_better(model_name: str, version: int, metric: str, alias: str = CHAMPION) -> tuple[bool, str]:
-    """Move `alias` to `version` when there is no holder or the version scores higher on `metric`."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    new = version_metric(model_name, version, metric)
-    if new is None:
-        return False, f"version {version} has no eval.{metric}; evaluate it first"
-    current = champion_version(model_name) if alias == CHAMPION else None
+    current = alias_version(model_name, alias)
     if current == version:
         return True, f"version {version} already holds @{alias}"
-    old = version_metric(model_name, current, metric) if current is not None else None
-    if current is None or old is None or new > old:
-        client.set_registered_model_alias(model_name, alias, str(version))
-        was = f"v{current} ({metric} {old:.2f})" if old is not None else "none"
-        return True, f"@{alias} -> v{version} ({metric} {new:.2f}; was {was})"
-    return False, f"@{alias} stays v{current} ({metric} {old:.2f} >= {new:.2f})"
+    if current is not None:
+        if held is None:
+            return False, f"@{alias} stays v{current}: v{current} was not evaluated on the same data as v{version}"
+        if held["data"]["sha256"] != new["data"]["sha256"]:
+            return False, (f"@{alias} stays v{current}: its score is on {held['data']['data']} "
+                           f"({held['data']['n_sentences']} sentences), v{version}'s on {new['data']['data']} "
+                           f"({new['data']['n_sentences']} sentences); only results on the same data are compared")
+        if not new[metric] > held[metric]:
+            return False, f"@{alias} stays v{current} ({metric} {held[metric]:.2f} >= {new[metric]:.2f} on {new['data']['data']})"
+    MlflowClient().set_registered_model_alias(model_name, alias, str(version))
+    was = f"v{current} ({metric} {held[metric]:.2f})" if current is not None else "none"
+    return True, f"@{alias} -> v{version} ({metric} {new[metric]:.2f} on {new['data']['data']}; was {was})"

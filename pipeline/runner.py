@@ -20,7 +20,7 @@ from pipeline.artifacts import RemoteRoot, is_remote
 from pipeline.config import PipelineConfig
 from pipeline.home import Home, describe_holder
 from pipeline.steps import STEPS
-from pipeline.workflow import PipelineRun, Step, code_version
+from pipeline.workflow import PipelineRun, Step, check_step_range, code_version
 
 
 def artifact_root(cfg: PipelineConfig, home: Home) -> tuple[Path, RemoteRoot | None]:
@@ -156,11 +156,15 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
 def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, **kw: Any) -> dict[str, Any]:
     """Run (or continue) the pipeline for `cfg`; returns {"run_dir", "results", "summary"}.
 
+    Every call is a new parent MLflow run: a re-run records itself and never touches an earlier
+    run's tags, status or duration (a reused step is linked to the run that produced it).
     One run at a time per home (they would share state.json and the step folders): a second one
     is refused with the first one's pid and start time. Ctrl-C or SIGTERM ends it with
     RunInterrupted, once the step is recorded as `interrupted` and Ray is shut down.
     Keyword arguments: from_step, until_step, address, steps (see _run_pipeline).
     """
+    # A refused argument is refused before the store, the lock, Ray or the run folder is touched.
+    check_step_range([s.name for s in kw.get("steps") or STEPS], kw.get("from_step"), kw.get("until_step"))
     home = Home.resolve()
     interrupts = _Interrupts()
     with home.run_lock() as stale, interrupts:
@@ -213,6 +217,7 @@ def _run_pipeline(
     quiet: bool = False,
     interrupts: _Interrupts | None = None,
 ) -> dict[str, Any]:
+    """The pipeline itself, under the run lock (see run_pipeline)."""
     import mlflow
 
     from pipeline.tracking import (
@@ -268,27 +273,20 @@ def _run_pipeline(
     (run_dir / "config.yaml").write_text(redact_text(cfg.to_yaml()), encoding="utf-8")  # also the artifact
 
     parent_file = run_dir / "mlflow_run_id"
-    parent_id = parent_file.read_text().strip() if parent_file.exists() else None
-    if parent_id is not None:
-        try:
-            mlflow.get_run(parent_id)
-        except Exception:
-            parent_id = None  # the store was reset; start a new parent run
     run = PipelineRun(
         cfg, steps or STEPS, artifacts, run_dir, on_event=printer.event, step_scope=step_scope, version=version,
         remote=remote,
     )
     try:
-        with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"{cfg.run_name}-pipeline") as parent:
-            parent_file.write_text(parent.info.run_id)
-            if parent_id is None:
-                log_dict_params(cfg.to_dict())
-                mlflow.set_tags({"tpipe.pipeline_run": run_dir.name, "tpipe.code_version": version})
+        with mlflow.start_run(run_name=parent_run_name(cfg.run_name, run_key)) as parent:
+            write_text_atomic(parent_file, parent.info.run_id)  # the latest parent, for `tpipe status`
+            log_dict_params(cfg.to_dict())
+            mlflow.set_tags({"tpipe.pipeline_run": run_dir.name, "tpipe.code_version": version,
+                             "tpipe.config_hash": run_key})
             log_artifact_file(run_dir / "config.yaml")
             with killed_on_interrupt():
                 results = run.run(from_step, until_step)
-            for name, r in results.items():
-                mlflow.set_tag(f"tpipe.step.{name}", f"{'cached' if r.cached else 'done'} {r.key}")
+            mlflow.set_tags(step_tags(results, parent.info.experiment_id))
             if "prepare" in results:
                 for f in ("data_report.json", "lengths.png"):
                     log_artifact_file(results["prepare"].out_dir / f, "data")
@@ -297,6 +295,7 @@ def _run_pipeline(
                     log_artifact_file(results["tokenizer"].out_dir / f, "tokenizer")
             if "evaluate" in results:
                 log_artifact_file(results["evaluate"].out_dir / "evaluation.json")
+            mlflow.log_metrics(parent_metrics(results, time.perf_counter() - t0))
     finally:
         if ray_started and ray_started[0]:
             import ray
@@ -304,7 +303,7 @@ def _run_pipeline(
             ray.shutdown()
     summary = {
         "run_dir": str(run_dir),
-        "mlflow_run_id": parent_file.read_text().strip(),
+        "mlflow_run_id": parent.info.run_id,
         "tracking_uri": tracking_uri,
         "steps": {n: {"cached": r.cached, "seconds": round(r.seconds, 1), "key": r.key} for n, r in results.items()},
         "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -314,6 +313,50 @@ def _run_pipeline(
     write_json(run_dir / "summary.json", summary)
     printer.summary(summary, home)
     return {"run_dir": run_dir, "results": results, "summary": summary}
+
+
+def parent_run_name(run_name: str, config_hash: str) -> str:
+    """`smoke-3f2a1c9e-20261129-223105`: the config, its fingerprint and when; unique per `tpipe run`."""
+    return f"{run_name}-{config_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def step_tags(results: dict[str, Any], experiment_id: str) -> dict[str, str]:
+    """`tpipe.step.<name>`: 'done KEY' or 'cached KEY'; a reused step also names the run that made it.
+
+    The producing run is the step run with the same step key (`tpipe.step_key`) that finished,
+    found in the store; a reused output made before this store existed has none.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    tags = {}
+    for name, r in results.items():
+        tags[f"tpipe.step.{name}"] = f"{'cached' if r.cached else 'done'} {r.key}"
+        if r.cached:
+            made = client.search_runs(
+                [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+                filter_string=f"tags.`tpipe.step` = '{name}' and tags.`tpipe.step_key` = '{r.key}' "
+                              "and attributes.status = 'FINISHED'",
+            )
+            if made:
+                tags[f"tpipe.step.{name}.run_id"] = made[0].info.run_id
+    return tags
+
+
+def parent_metrics(results: dict[str, Any], wall_seconds: float) -> dict[str, float]:
+    """What the UI's run list shows for a pipeline: its total time and the candidate's scores."""
+    metrics = {"pipeline/wall_seconds": wall_seconds}
+    metrics |= {f"pipeline/{n}_seconds": r.seconds for n, r in results.items() if not r.cached}
+    if "evaluate" in results:
+        candidate = results["evaluate"].summary["candidate"]
+        metrics |= {f"test/{k}": float(candidate[k]) for k in ("bleu", "chrf", "ter", "exact_match") if k in candidate}
+    return metrics
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 @contextmanager

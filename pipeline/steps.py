@@ -182,6 +182,8 @@ def register(ctx: StepContext) -> dict[str, Any]:
         "tpipe.code_version": lineage["code_version"],
         "tpipe.git_commit": lineage["git_commit"] or "unknown",
         "tpipe.step_keys": json.dumps(lineage["step_keys"], sort_keys=True),
+        "tpipe.src_lang": cfg.data.src_lang,
+        "tpipe.tgt_lang": cfg.data.tgt_lang,
     }
     with mlflow.start_run(run_id=train_summary["mlflow_run_id"], nested=True):
         info = log_and_register(package, cfg.registry.model_name, tags=tags)
@@ -257,8 +259,8 @@ Corpus shard hashes are in `lineage.json`.
 def evaluate(ctx: StepContext) -> dict[str, Any]:
     import mlflow
 
-    from pipeline.evaluate import evaluate_pyfunc, record_evaluation, score
-    from pipeline.registry import CHAMPION, promote_if_better
+    from pipeline.evaluate import data_identity, evaluate_pyfunc, record_evaluation, score
+    from pipeline.registry import CHAMPION, alias_version, promote_if_better
     from pipeline.translate import write_json
 
     cfg = ctx.cfg
@@ -270,11 +272,15 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
     if not pairs:
         raise RuntimeError("the test split is empty; raise data.test_fraction or add data")
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
-    result = evaluate_pyfunc(f"models:/{name}/{version}", sources, refs, cfg.data.tgt_lang)
-    record_evaluation(name, version, result, data=f"split:test of {ctx.input_dir('prepare')}")
-    promoted, message = promote_if_better(name, version, cfg.registry.promote_metric)
-    # The report comes from the model as users get it: pulled by alias from the registry.
-    champion = evaluate_pyfunc(f"models:/{name}@{CHAMPION}", sources, refs, cfg.data.tgt_lang)
+    data = data_identity(pairs, f"split:test of {ctx.input_dir('prepare')}", split="test")
+    result = evaluate_pyfunc(f"models:/{name}/{version}", sources, refs, cfg.data.tgt_lang, data=data)
+    record_evaluation(name, version, result, canonical=True)
+    # The champion is scored on these same sentences, pulled from the registry as users get it:
+    # promotion compares results on the same data only.
+    holder = alias_version(name, CHAMPION)
+    held = None if holder in (None, version) else evaluate_pyfunc(f"models:/{name}/{holder}", sources, refs, cfg.data.tgt_lang, data=data)
+    promoted, message = promote_if_better(name, version, cfg.registry.promote_metric, result, held)
+    champion = result if promoted else held
     baseline = score(sources, refs, cfg.data.tgt_lang)  # copy-the-source baseline
     mlflow.log_metrics({f"{prefix}/{k}": r[k] for prefix, r in (("champion", champion), ("baseline_copy", baseline))
                         for k in ("bleu", "chrf", "ter", "exact_match")})

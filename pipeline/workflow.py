@@ -28,11 +28,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.errors import UserError
 from pipeline.artifacts import RemoteRoot
 from pipeline.config import PipelineConfig
 
 MARKER = "_COMPLETE.json"
 _CODE_PACKAGES = ("data", "model", "pipeline")
+
+
+class UnknownStep(UserError, ValueError):
+    """`--from` / `--until` name no step of the pipeline, or an empty range."""
+
+
+def check_step_range(names: list[str], from_step: str | None, until_step: str | None) -> None:
+    """Refuse a `--from`/`--until` that names no step (or runs nothing), before anything starts.
+
+    >>> check_step_range(["a", "b"], "trian", None)
+    Traceback (most recent call last):
+    ...
+    pipeline.workflow.UnknownStep: unknown step 'trian' for --from; steps are: a, b
+    """
+    for flag, n in (("--from", from_step), ("--until", until_step)):
+        if n is not None and n not in names:
+            raise UnknownStep(f"unknown step '{n}' for {flag}; steps are: {', '.join(names)}")
+    if from_step is not None and until_step is not None and names.index(from_step) > names.index(until_step):
+        raise UnknownStep(f"--from {from_step} comes after --until {until_step}; nothing would run")
 
 
 def code_version() -> str:
@@ -110,9 +130,7 @@ class PipelineRun:
 
     def run(self, from_step: str | None = None, until_step: str | None = None) -> dict[str, StepResult]:
         names = [s.name for s in self.steps]
-        for n in (from_step, until_step):
-            if n is not None and n not in names:
-                raise ValueError(f"unknown step '{n}'; steps are: {', '.join(names)}")
+        check_step_range(names, from_step, until_step)
         start = names.index(from_step) if from_step else 0
         stop = names.index(until_step) if until_step else len(names) - 1
         for i, step in enumerate(self.steps[: stop + 1]):

@@ -117,7 +117,23 @@ def test_rerun_reuses_every_step(first_run, home):
     not_reused = [n for n, r in again["results"].items() if not r.cached]
     assert not not_reused, f"re-run redid {not_reused}"
     assert {n: r.key for n, r in again["results"].items()} == {n: r.key for n, r in first_run["results"].items()}
-    assert again["summary"]["mlflow_run_id"] == first_run["summary"]["mlflow_run_id"]  # same parent run
+    # A parent run of its own, linking each reused step to the run that made it; the first run's
+    # parent keeps its own tags (each step 'done'), status and end time.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(first_run["summary"]["tracking_uri"])
+    first_id, again_id = first_run["summary"]["mlflow_run_id"], again["summary"]["mlflow_run_id"]
+    assert again_id != first_id
+    first, rerun = client.get_run(first_id), client.get_run(again_id)
+    assert rerun.info.run_name != first.info.run_name and rerun.info.run_name.startswith("smoke-")
+    assert first.data.tags["tpipe.step.train"].startswith("done ") and first.info.status == "FINISHED"
+    assert rerun.data.tags["tpipe.step.train"].startswith("cached ")
+    assert rerun.data.tags["tpipe.step.train.run_id"] == first_run["results"]["train"].summary["mlflow_run_id"]
+    assert first.info.end_time < rerun.info.start_time
+    # the parent shows the scores and the total time in the UI's run list
+    assert first.data.metrics["test/bleu"] == first_run["summary"]["evaluation"]["candidate"]["bleu"]
+    assert "pipeline/wall_seconds" in first.data.metrics and "pipeline/train_seconds" in first.data.metrics
+    assert rerun.data.metrics["test/bleu"] == first.data.metrics["test/bleu"]
     print(f"first run {first_run['seconds']:.1f}s, full re-run {elapsed:.1f}s")
 
 
@@ -304,6 +320,8 @@ def test_ray_task_killed_once_is_retried(first_run, tmp_path):
 def test_tpipe_evaluate_reproduces_the_pipelines_scores(first_run):
     """`tpipe evaluate models:/NAME/VERSION --split test` in a fresh process: the same test set, the
     same scores as the pipeline's own evaluation step; it logs its own evaluation run."""
+    client = _use_store(first_run["summary"]["tracking_uri"])
+    tags_before = client.get_model_version("tpipe-smoke", "1").tags
     env = {**os.environ, "TPIPE_HOME": os.environ["TPIPE_HOME"]}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "models:/tpipe-smoke/1", "--split", "test",
@@ -317,3 +335,166 @@ def test_tpipe_evaluate_reproduces_the_pipelines_scores(first_run):
         assert ours[metric] == pipeline_scores[metric], metric
         assert champion[metric] == ours[metric]  # v1 is the champion
     assert ours["n_sentences"] == first_run["summary"]["evaluation"]["n_sentences"]
+    # the same sentences as the pipeline's evaluation (its record), and that record is left as it was
+    tags_after = client.get_model_version("tpipe-smoke", "1").tags
+    assert ours["data"]["sha256"] == tags_before["eval.data_sha256"]
+    assert {k: tags_after.get(k) for k in tags_before} == tags_before
+
+
+def _use_store(uri: str):
+    """Point this process's MLflow at the module's store (another test's run_pipeline may have moved it)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def test_registered_model_decodes_with_its_own_settings_and_describes_itself(first_run, tmp_path):
+    """predict() without params decodes with the package's generation.json; a param overrides it
+    for one call. The model card is the registry's description; the logged model has a name."""
+    import shutil
+
+    import mlflow
+
+    from pipeline.evaluate import model_tgt_lang
+    from pipeline.registry import log_and_register
+    from pipeline.translate import Translator, write_json
+
+    client = _use_store(first_run["summary"]["tracking_uri"])
+    v1 = client.get_model_version("tpipe-smoke", "1")
+    card = (first_run["results"]["register"].out_dir / "package" / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("# tpipe-smoke")
+    assert v1.description == card and client.get_registered_model("tpipe-smoke").description == card
+    assert client.get_logged_model(v1.source.removeprefix("models:/")).name == f"tpipe-smoke-{v1.tags['tpipe.config_hash'][:8]}"
+
+    # the smoke package with a decoding limit of 2 tokens, registered as a model of its own
+    package = tmp_path / "package"
+    shutil.copytree(first_run["results"]["register"].out_dir / "package", package)
+    generation = json.loads((package / "generation.json").read_text()) | {"max_len": 2}
+    write_json(package / "generation.json", generation)
+    mlflow.set_experiment("tpipe")
+    with mlflow.start_run(run_name="decoding-test"):
+        mlflow.log_param("data.tgt_lang", "de")  # as a training run records it (pipeline/steps.py: train)
+        log_and_register(package, "tpipe-decoding")
+    model = mlflow.pyfunc.load_model("models:/tpipe-decoding/1")
+    translator = Translator(package)
+    texts = ["three hundred and six", "March 5, 2021", "the twenty-first of June"]
+    own = list(model.predict(texts))
+    assert own == translator.translate(texts)
+    assert max(len(translator.tokenizer.encode(h)) for h in own) <= 2
+    longer = list(model.predict(texts, params={"max_len": 24}))
+    assert longer == translator.translate(texts, max_len=24) and longer != own
+    assert list(model.predict(texts)) == own  # the override held for that call only
+    # `tpipe evaluate --tgt-lang` defaults to the language the model translates into
+    assert model_tgt_lang("tpipe-decoding", 1) == "de"
+    assert model_tgt_lang("tpipe-smoke", 1) == "zh"
+
+
+def _history(client) -> dict:
+    """Every run's status, times, tags and metrics; every version's tags and the aliases."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = {r.info.run_id: {"status": r.info.status, "end_time": r.info.end_time, "name": r.info.run_name,
+                            "tags": dict(r.data.tags), "metrics": dict(r.data.metrics)}
+            for r in client.search_runs(experiments, max_results=5000)}
+    versions = {(mv.name, mv.version): dict(mv.tags) for mv in client.search_model_versions()}
+    aliases = {m.name: dict(m.aliases) for m in client.search_registered_models()}
+    return {"runs": runs, "versions": versions, "aliases": aliases}
+
+
+def _tpipe(home: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TPIPE_HOME": str(home)}
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "TPIPE_INJECT_KILL_WORKER"):
+        env.pop(k, None)
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_new_users_journey_never_rewrites_history(first_run, home, tmp_path):
+    """What a new user did: smoke run, re-run, a typo, an evaluation on a 2-line file with
+    --compare @champion --promote champion, a translation. Every earlier run keeps its status,
+    tags and metrics, every version its tags, and @champion moves only on a same-data comparison."""
+    client = _use_store(first_run["summary"]["tracking_uri"])
+    before = _history(client)
+
+    rerun = _tpipe(home, "run", "smoke", "--json")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert all(s["cached"] for s in summary["steps"].values())
+    assert summary["mlflow_run_id"] not in before["runs"]
+
+    typo = _tpipe(home, "run", "smoke", "--from", "trian")
+    assert typo.returncode == 2 and typo.stderr.startswith("tpipe: unknown step 'trian' for --from")
+    assert len(typo.stderr.strip().splitlines()) == 1 and "Traceback" not in typo.stderr
+
+    # v2: the same weights registered again, so any score difference can only come from the data
+    v1 = client.get_model_version("tpipe-smoke", "1")
+    v2 = client.create_model_version("tpipe-smoke", v1.source, run_id=v1.run_id,
+                                     tags={k: v for k, v in v1.tags.items() if not k.startswith("eval.")})
+    # a 2-line file whose references are the model's own output: BLEU 100 on it
+    import mlflow
+
+    sources = ["three hundred and six", "March 5, 2021"]
+    hyps = mlflow.pyfunc.load_model("models:/tpipe-smoke/1").predict(sources)
+    tsv = tmp_path / "my.tsv"
+    tsv.write_text("".join(f"{s}\t{h}\n" for s, h in zip(sources, hyps)), encoding="utf-8")
+    ev = _tpipe(home, "evaluate", f"models:/tpipe-smoke/{v2.version}", "--data", str(tsv),
+                "--compare", "models:/tpipe-smoke@champion", "--promote", "champion", "--json")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert "tok:zh" in ev.stdout  # the model's target language, not a default
+    ours, champion = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert ours["data"] == champion["data"] and ours["data"]["n_sentences"] == 2
+    assert ours["bleu"] == champion["bleu"]  # same weights, same data: no reason to move
+    assert "promotion: @champion stays v1" in ev.stdout
+    recorded = client.get_model_version("tpipe-smoke", v2.version).tags
+    assert "eval.bleu" not in recorded  # a 2-line file is not the version's test-split score
+    (record,) = [json.loads(v) for k, v in recorded.items() if k.startswith("eval.")]
+    assert record["data"]["sha256"] == ours["data"]["sha256"] and record["data"]["n_sentences"] == 2
+    assert record["decoding"]["max_len"] == 24  # the smoke config's eval.max_len, as decoded
+
+    tr = _tpipe(home, "translate", "models:/tpipe-smoke@champion", "three hundred and six")
+    assert tr.returncode == 0, tr.stderr[-3000:]
+    assert tr.stdout.startswith("three hundred and six\t")
+
+    after = _history(client)
+    for run_id, was in before["runs"].items():
+        assert after["runs"][run_id] == was, f"run {was['name']} ({run_id}) changed"
+    for version, tags in before["versions"].items():
+        assert {k: after["versions"][version].get(k) for k in tags} == tags, f"version {version} lost or changed tags"
+    assert str(after["aliases"]["tpipe-smoke"]["champion"]) == str(before["aliases"]["tpipe-smoke"]["champion"]) == "1"
+    parents = [r["name"] for r in after["runs"].values() if r["tags"].get("tpipe.pipeline_run")]
+    assert len(parents) == len(set(parents)) >= 2  # every `tpipe run` is a run of its own, named apart
+
+
+def _result(bleu: float, data: str, sha: str, n: int = 2) -> dict:
+    return {"bleu": bleu, "data": {"data": data, "split": None, "sha256": sha, "n_sentences": n}}
+
+
+def test_promotion_compares_results_on_the_same_data_only(first_run):
+    """The rule behind `--promote` and the pipeline's evaluate step, on real registry versions."""
+    from pipeline.registry import alias_version, promote_if_better
+
+    client = _use_store(first_run["summary"]["tracking_uri"])
+    source = client.get_model_version("tpipe-smoke", "1").source
+    client.create_registered_model("tpipe-promotion")
+    for _ in range(2):
+        client.create_model_version("tpipe-promotion", source)
+    test_split = _result(5.0, "split:test", "aaa", 75)
+    moved, message = promote_if_better("tpipe-promotion", 1, "bleu", test_split, None)
+    assert moved and alias_version("tpipe-promotion", "champion") == 1, message
+    # v2's 100 on a 2-line file against v1's 5 on the test split: not comparable, refused
+    moved, message = promote_if_better("tpipe-promotion", 2, "bleu", _result(100.0, "my.tsv", "bbb"), test_split)
+    assert not moved and alias_version("tpipe-promotion", "champion") == 1
+    assert "same data" in message and "my.tsv" in message and "split:test" in message
+    # both on the same file: a tie keeps the holder, a higher score moves the alias
+    same = _result(7.0, "my.tsv", "bbb")
+    moved, message = promote_if_better("tpipe-promotion", 2, "bleu", same, same)
+    assert not moved and alias_version("tpipe-promotion", "champion") == 1, message
+    moved, message = promote_if_better("tpipe-promotion", 2, "bleu", _result(8.0, "my.tsv", "bbb"), same)
+    assert moved and alias_version("tpipe-promotion", "champion") == 2, message
+    # any alias is guarded by its own holder, not only @champion
+    moved, _ = promote_if_better("tpipe-promotion", 1, "bleu", _result(1.0, "my.tsv", "bbb"), None, alias="staging")
+    assert moved
+    moved, message = promote_if_better("tpipe-promotion", 2, "bleu", _result(9.0, "x.tsv", "ccc"), None, alias="staging")
+    assert not moved and alias_version("tpipe-promotion", "staging") == 1, message

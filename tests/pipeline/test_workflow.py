@@ -95,7 +95,7 @@ def test_from_and_until(run_dir):
     calls.clear()
     new_run(run_dir, make_steps(calls)).run(from_step="b")
     assert calls == ["b", "c"]  # b forced, c had never run
-    with pytest.raises(ValueError, match="unknown step 'x'; steps are: a, b, c"):
+    with pytest.raises(ValueError, match="unknown step 'x' for --from; steps are: a, b, c"):
         new_run(run_dir, make_steps(calls)).run(from_step="x")
 
 
