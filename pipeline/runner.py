@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from data.checks import check_inputs
 from pipeline.artifacts import RemoteRoot, is_remote
 from pipeline.config import PipelineConfig
 from pipeline.home import Home
@@ -71,6 +72,7 @@ def run_pipeline(
     from pipeline.tracking import check_tracking_server, log_artifact_file, log_dict_params, setup_mlflow
     from pipeline.translate import write_json
 
+    check_inputs(cfg.data)  # input files: one line naming the file, before MLflow or Ray start
     printer = _Printer(quiet)
     home = Home.resolve()
     tracking_uri = home.tracking_uri(cfg.mlflow.tracking_uri)

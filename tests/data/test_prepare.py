@@ -74,7 +74,8 @@ def test_every_reject_reason_is_counted_and_written(tmp_path):
     cfg = DataConfig(source="files", paths=[path], max_chars=50, n_shards=2, write_rejects=True)
     r = prepare_raw_shards(cfg, str(tmp_path / "out"), seed=0)
     assert r["input"] == 8 and r["kept"] == 2
-    assert r["rejected"] == {"invalid_utf8": 1, "fuzzy": 0, "empty": 1, "too_long": 1, "ratio": 1, "duplicate": 2}
+    assert r["rejected"] == {"header": 0, "invalid_utf8": 1, "fuzzy": 0, "control_chars": 0, "empty": 1, "too_long": 1,
+                             "ratio": 1, "duplicate": 2}
     assert r["input"] == r["kept"] + r["rejected_total"]
     assert sorted((s, t) for s, t, _ in _rows(tmp_path / "out")) == [("good", "gut"), ("hello", "hallo")]
     rejects = [json.loads(line) for line in (tmp_path / "out" / r["rejects_file"]).read_text().splitlines()]

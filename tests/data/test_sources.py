@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -201,6 +202,9 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 but tab, LF, CR; and DEL
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.text(max_size=40), st.text(max_size=40)), min_size=1, max_size=20))
 # (st.text has no lone surrogates; test_clean_reasons covers them)
@@ -215,7 +219,9 @@ def test_any_text_through_jsonl_is_kept_stripped_or_rejected_for_its_reason(tmp_
     for (s, t), code, s2, t2 in zip(pairs, codes.tolist(), s_arr.to_pylist(), t_arr.to_pylist()):
         ss, ts = s.strip(), t.strip()
         lb, lt = len(ss.encode()), len(ts.encode())
-        if not ss or not ts:
+        if CONTROL.search(ss) or CONTROL.search(ts):
+            want = "control_chars"
+        elif not ss or not ts:
             want = "empty"
         elif len(ss) > 30 or len(ts) > 30:
             want = "too_long"
