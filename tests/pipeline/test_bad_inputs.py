@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import time
 from pathlib import Path
 
@@ -243,6 +244,7 @@ def test_checked_before_ray(kind, case, home, tmp_path, capfd, monkeypatch):
 @pytest.fixture(scope="module")
 def ray_home(tmp_path_factory):
     with tpipe_home(tmp_path_factory.mktemp("ray-home")) as home, fresh_ray(num_cpus=2, dashboard_host="127.0.0.1"):
+        _varied(home / "varied.tsv")  # shared by two tests: its data steps run once
         yield home
 
 
@@ -276,9 +278,23 @@ def r_three_pairs(t):
     return [*FILES, _files(t / "three.tsv")], ["valid split", "train.num_workers=2"]
 
 
+def _varied(path: Path, n: int = 200) -> Path:
+    """Pairs of made-up words: BPE cannot shrink them to a few tokens as it does 'hello number 12'."""
+    import random
+
+    rng = random.Random(0)
+    word = lambda: "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6))  # noqa: E731
+    path.write_text("".join(f"{' '.join(word() for _ in range(5))}\t{' '.join(word() for _ in range(5))}\n"
+                            for _ in range(n)))
+    return path
+
+
+LONG_PAIRS = ["data.valid_fraction=0.2"]
+
+
 def r_max_tokens_below_longest_pair(t):
-    p = _tsv(t / "c.tsv", 200)
-    return [*FILES, _files(p), "train.max_tokens=16", "data.valid_fraction=0.2"], ["train.max_tokens", "needs"]
+    p = Path(os.environ["TPIPE_HOME"]) / "varied.tsv"
+    return [*FILES, _files(p), *LONG_PAIRS, "train.max_tokens=16"], ["train.max_tokens", "needs"]
 
 
 RAY_CASES = [(name[2:], fn) for name, fn in list(globals().items()) if name.startswith("r_")]
@@ -298,6 +314,34 @@ def test_found_while_running(ray_home, tmp_path, capfd):
         if not ok:
             failures.append((kind, rc, lines, needles))
     assert not failures, failures
+
+
+@pytest.mark.slow
+def test_user_error_in_the_workers_fails_once(ray_home, tmp_path):
+    """The same error raised inside train_func (the driver's check bypassed) ends the run after one
+    attempt as a TrainingInputError; Ray Train would retry a raised one max_failures times."""
+    import dataclasses
+
+    from data.tokenizer import load_tokenizer
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+    from pipeline.steps import token_shards
+    from pipeline.train import TrainingInputError, run_training
+
+    cfg = load_config("smoke", [*FILES[2:], _files(ray_home / "varied.tsv"), *LONG_PAIRS, "train.max_tokens=16"])
+    results = run_pipeline(cfg, until_step="encode", quiet=True)["results"]
+    tok = load_tokenizer(results["tokenizer"].out_dir)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tok.vocab_size))
+    t0 = time.perf_counter()
+    with pytest.raises(TrainingInputError, match=r"needs \d+ tokens .* max_tokens is 16"):
+        run_training(
+            cfg, tokenizer_dir=results["tokenizer"].out_dir,
+            train_shards=token_shards(results["encode"].out_dir, "train"),
+            valid_shards=token_shards(results["encode"].out_dir, "valid"),
+            bleu_sample=[], tracking_uri="unused", mlflow_run_id="unused", storage_path=str(tmp_path / "ray"),
+            name="user-error", out_dir=tmp_path / "out",
+        )
+    TABLE.append(("user error inside train_func", "TrainingInputError (one attempt)", 2, time.perf_counter() - t0))
 
 
 def teardown_module(module):
