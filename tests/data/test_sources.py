@@ -232,3 +232,35 @@ def test_any_text_through_jsonl_is_kept_stripped_or_rejected_for_its_reason(tmp_
         assert (REJECT_REASONS[code - 1] if code else None) == want, (s, t)
         if want is None:
             assert (s2, t2) == (ss, ts)
+
+
+@pytest.mark.parametrize(
+    "first_line,setting,header",
+    [
+        ("en\tde", "auto", True),
+        ("source\ttarget", "auto", True),
+        ("pkg\tsrc\ttgt", "auto", True),  # the chosen fields are the last two
+        ("hello\thallo", "auto", False),
+        ("en\ten", "auto", False),  # the same word twice is a sentence pair, not column names
+        ("en\tde", "none", False),
+        ("hello\thallo", "first", True),
+    ],
+)
+def test_a_tsv_header_is_counted_not_trained_on(tmp_path, first_line, setting, header):
+    n_fields = first_line.count("\t") + 1
+    rest = "".join(("x\t" * (n_fields - 2)) + f"a {i}\tb {i}\n" for i in range(3))
+    path = tmp_path / "c.tsv"
+    path.write_text(first_line + "\n" + rest, encoding="utf-8")
+    cfg = DataConfig(source="files", paths=[str(path)], src_lang="en", tgt_lang="de", tsv_header=setting)
+    (unit,) = plan_units(cfg, seed=0)
+    reasons = [r for _, _, _, r in read_unit(unit, cfg)]
+    assert reasons == (["header"] if header else [None]) + [None] * 3
+    lines, srcs, tgts, known = next(iter(read_batches(unit, cfg)))
+    codes, _, _ = clean_batch(srcs, tgts, cfg, known)
+    assert (REJECT_REASONS[codes[0] - 1] if codes[0] else None) == ("header" if header else None)
+
+
+@pytest.mark.parametrize("side", [b"a\x00b", b"\x1b[31mred\x1b[0m", b"bell\x07", b"del\x7f"])
+def test_control_characters_are_a_counted_reject(side):
+    codes, _, _ = clean_batch([side, b"tab\tand\r ok"], [b"x", b"y"], DataConfig(max_length_ratio=100))
+    assert [REJECT_REASONS[c - 1] if c else None for c in codes] == ["control_chars", None]
