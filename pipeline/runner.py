@@ -67,12 +67,12 @@ def run_pipeline(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run (or continue) the pipeline for `cfg`; returns {"run_dir", "results", "summary"}."""
+    check_inputs(cfg.data)  # input files: one line naming the file, before MLflow (seconds to import) or Ray
     import mlflow
 
     from pipeline.tracking import check_tracking_server, log_artifact_file, log_dict_params, setup_mlflow
     from pipeline.translate import write_json
 
-    check_inputs(cfg.data)  # input files: one line naming the file, before MLflow or Ray start
     printer = _Printer(quiet)
     home = Home.resolve()
     tracking_uri = home.tracking_uri(cfg.mlflow.tracking_uri)

@@ -238,6 +238,24 @@ def test_checked_before_ray(kind, case, home, tmp_path, capfd, monkeypatch):
     assert seconds < 5, f"{kind} took {seconds:.1f}s"
 
 
+def test_refused_in_seconds_as_a_command(tmp_path):
+    """The same as a user sees it: a fresh `tpipe` process, imports included, refuses a missing file
+    in well under 5 seconds, in one line, and starts neither MLflow nor Ray (no store is created)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TPIPE_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *FILES, _files(tmp_path / "nope.tsv")],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=60)
+    seconds = time.perf_counter() - t0
+    TABLE.append(("missing (fresh process)", proc.stderr.strip(), proc.returncode, seconds))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope.tsv" in proc.stderr, proc.stderr
+    assert not (tmp_path / "home" / "mlflow.db").exists()
+    assert seconds < 5, seconds
+
+
 # ---- found by the Ray tasks that read the data, or only after encoding: one Ray for all ----------------
 
 
