@@ -297,6 +297,8 @@ def _read_lines(unit: Unit, cfg: DataConfig) -> Iterator[Batch]:
     with open_binary(unit.path) as f:
         for lines in _line_blocks(f, unit.start, unit.end):
             numbers = np.arange(first, first + len(lines))
+            if first == 1 and lines[0].startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors)
+                lines[0] = lines[0][3:]
             if unit.format == "text":
                 yield numbers, lines, lines, None
             elif unit.format == "tsv":

@@ -264,3 +264,14 @@ def test_a_tsv_header_is_counted_not_trained_on(tmp_path, first_line, setting, h
 def test_control_characters_are_a_counted_reject(side):
     codes, _, _ = clean_batch([side, b"tab\tand\r ok"], [b"x", b"y"], DataConfig(max_length_ratio=100))
     assert [REJECT_REASONS[c - 1] if c else None for c in codes] == ["control_chars", None]
+
+
+@pytest.mark.parametrize("name,body", [("c.tsv", "en\tde\nhello\thallo\n"), ("c.jsonl", '{"en": "hello", "de": "hallo"}\n')])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_record(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    cfg = DataConfig(source="files", paths=[str(path)], src_lang="en", tgt_lang="de")
+    (unit,) = plan_units(cfg, seed=0)
+    records = [(s, t, r) for _, s, t, r in read_unit(unit, cfg)]
+    assert records[-1][:2] in ((b"hello", b"hallo"), ("hello", "hallo"))
+    assert name != "c.tsv" or records[0][2] == "header"  # 'en<TAB>de' is still seen as the header

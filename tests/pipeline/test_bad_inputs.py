@@ -146,6 +146,11 @@ def c_po_malformed(t):
     return [*FILES, _files(t / "x.po")], ["x.po line 4", "msgid without msgstr"]
 
 
+def c_po_unknown_charset(t):
+    (t / "cs.po").write_text('msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=nosuch\\n"\n\nmsgid "a"\nmsgstr "b"\n')
+    return [*FILES, _files(t / "cs.po")], ["cs.po", "charset 'nosuch'"]
+
+
 def c_mo_not_a_catalog(t):
     (t / "x.mo").write_bytes(b"\x00\x01\x02\x03" * 10)
     return [*FILES, _files(t / "x.mo")], ["x.mo", "not a .mo file"]
