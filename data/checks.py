@@ -123,8 +123,8 @@ def _check_text(head: bytes, path: str, key: str) -> None:
     bad = sum(1 for c in text if c == "\ufffd" or (c < " " and c not in "\t\n\r"))
     if bad > max(8, len(text) // 20):
         raise DataError(
-            f"{key}: {path} looks binary, not text ({bad} control or invalid bytes in its first {len(head)}); "
-            "is it the right file, or does it need data.format?"
+            f"{key}: {path} looks binary, not UTF-8 text ({bad} control or invalid bytes in its first {len(head)}); "
+            "is it the right file? (text in another encoding: convert it with iconv)"
         )
 
 
