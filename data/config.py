@@ -49,6 +49,14 @@ class DataConfig:
         default_factory=lambda: [-2, -1],
         metadata={"help": "TSV source and target field indexes; default the last two, so 'package<TAB>en<TAB>de' works"},
     )
+    tsv_header: str = field(
+        default="auto",
+        metadata={
+            "choices": ["auto", "first", "none"],
+            "help": "is line 1 of a TSV file a header (counted as reject reason header, never trained on)? "
+            "first: yes; none: no; auto: when its two chosen fields are column names (en/de, source/target, src/tgt)",
+        },
+    )
     valid_paths: list[str] = field(
         default_factory=list, metadata={"help": "user-given validation files (same format); all go to valid"}
     )

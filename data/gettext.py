@@ -84,10 +84,21 @@ def po_charset(data: bytes) -> str:
     return "UTF-8" if cs.upper() == "CHARSET" else cs  # xgettext's template placeholder
 
 
+def known_charset(charset: str, path: str) -> str:
+    """The header's charset if Python has a codec for it: 'nosuch' is a CatalogError naming the file."""
+    import codecs
+
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        raise CatalogError(f"{path}: the header declares charset {charset!r}, which is not a known encoding") from None
+    return charset
+
+
 def parse_po(data: bytes, path: str) -> Iterator[Entry]:
     """Yield every entry of a .po file except the header. An entry with bytes invalid in the
     declared charset comes with `invalid_encoding=True`, for the caller to count as a reject."""
-    charset = po_charset(data)
+    charset = known_charset(po_charset(data), path)
     cur: dict = {}
     fuzzy_next = False
     last_key: tuple[str, int] | None = None
@@ -191,7 +202,7 @@ def parse_mo(data: bytes, path: str) -> Iterator[Entry]:
         if string(orig_off, i) == b"":
             m = _CHARSET.search(string(trans_off, i).decode("ascii", "replace"))
             if m and m.group(1).upper() != "CHARSET":
-                charset = m.group(1)
+                charset = known_charset(m.group(1), path)
     for i in range(n):
         key, value = string(orig_off, i), string(trans_off, i)
         if key == b"":

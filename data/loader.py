@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from data.io import DataError
+
 
 class TokenBatchLoader:
     """Iterate token-budget batches: {"src": LongTensor (B, S), "tgt": LongTensor (B, T)}.
@@ -73,7 +75,7 @@ class TokenBatchLoader:
         for f, path in enumerate(self.paths):
             pf = pq.ParquetFile(path)
             for missing in {"src_ids", "tgt_ids", "src_len", "tgt_len"} - set(pf.schema_arrow.names):
-                raise ValueError(f"{path} has no column {missing!r}; is it a token shard from encode_shards?")
+                raise DataError(f"{path} has no column {missing!r}; is it a token shard from encode_shards?")
             md = pf.metadata
             for g in range(md.num_row_groups):
                 n = md.row_group(g).num_rows
@@ -86,9 +88,9 @@ class TokenBatchLoader:
                 cost = (sl.astype(np.int64) + 1) + (tl.astype(np.int64) + 2)
                 worst = int(np.argmax(cost))
                 if cost[worst] > max_tokens:
-                    raise ValueError(
+                    raise DataError(
                         f"row {worst} of {path} needs {cost[worst]} tokens (src_len {sl[worst]} + 1, "
-                        f"tgt_len {tl[worst]} + 2) but max_tokens is {max_tokens}"
+                        f"tgt_len {tl[worst]} + 2) but max_tokens is {max_tokens} (train.max_tokens)"
                     )
             small = max(int(sl.max(initial=0)), int(tl.max(initial=0))) < np.iinfo(np.uint16).max
             src_len.append(sl.astype(np.uint16) if small else sl)
@@ -99,7 +101,7 @@ class TokenBatchLoader:
         del src_len, tgt_len
         self.n_rows = len(self._src_len)
         if self.n_rows < world_size:
-            raise ValueError(
+            raise DataError(
                 f"{self.n_rows} rows in {len(self.paths)} token shard(s) ({self.paths[0]}, ...) cannot give each "
                 f"of {world_size} rank(s) a batch; is this split empty?"
             )
@@ -152,7 +154,10 @@ class TokenBatchLoader:
             i = int(np.argmax(batches[:, 2] - batches[:, 1]))  # the first of the largest
             p, a, b = (int(x) for x in batches[i])
             if b - a < 2:
-                raise ValueError(f"cannot split {len(batches)} single-row batches evenly over {self.world_size} ranks")
+                raise DataError(
+                    f"cannot split {len(batches)} single-row batches evenly over {self.world_size} ranks "
+                    f"({self.paths[0]}, ...); raise train.max_tokens or add data"
+                )
             mid = a + (b - a) // 2
             batches = np.concatenate([batches[:i], [[p, a, mid], [p, mid, b]], batches[i + 1 :]])
         return pools, buckets, batches

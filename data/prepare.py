@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.config import DataConfig
+from data.errors import UserError
 from data.faults import maybe_kill
 from data.io import (
     DataError,
@@ -50,7 +51,10 @@ from data.sources import Unit, plan_units, read_batches
 FORMAT_VERSION = 1  # bump when the bytes these steps write change, so old outputs are not reused
 SPLITS = ("train", "valid", "test")
 # In the order they are checked: a record is counted under the first that applies.
-REJECT_REASONS = ("invalid_utf8", "fuzzy", "empty", "too_long", "ratio", "duplicate")
+REJECT_REASONS = ("header", "invalid_utf8", "fuzzy", "control_chars", "empty", "too_long", "ratio", "duplicate")
+# C0 control characters other than tab, newline and carriage return, and DEL: a NUL or an escape
+# sequence in a sentence is a broken record (a binary fragment, terminal codes), not text to learn.
+_CONTROL_CHARS = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]"
 ENCODE_REJECT_REASONS = ("too_long_tokens",)
 RAW_SCHEMA = pa.schema([("src", pa.string()), ("tgt", pa.string()), ("split", pa.string())])
 TOKEN_SCHEMA = pa.schema(
@@ -71,6 +75,10 @@ _PARTIAL_SCHEMA = pa.schema(
         ("line", pa.int64()),
     ]
 )
+# Lengths over this share the last bin of the length histogram: the histogram, the report and the
+# plot stay this size whatever data.max_chars is (a bin per character up to 10 million made a
+# 10 MB line cost minutes in the plot alone). The report's `max` is exact.
+HIST_CHARS = 4096
 _ENCODE_BATCH_ROWS = 8192  # also the row-group size of token shards: the loader's unit of shuffling
 
 
@@ -83,11 +91,22 @@ def _require_ray():
 
 
 def _get(ray, refs: list) -> list:
-    """ray.get, but bad input surfaces as the DataError the task raised, not wrapped in a Ray traceback."""
+    """ray.get, but bad input surfaces as the DataError the task raised, not wrapped in a Ray traceback.
+
+    The other tasks are cancelled and their results collected, so that Ray does not print their
+    errors later as unhandled ones (a traceback per task for one bad file).
+    """
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as e:
-        if isinstance(getattr(e, "cause", None), DataError):
+        for r in refs:
+            ray.cancel(r)
+        for r in refs:
+            try:
+                ray.get(r, timeout=60)
+            except Exception:  # noqa: BLE001 - collected only so that it counts as handled
+                pass
+        if isinstance(getattr(e, "cause", None), UserError):
             raise e.cause from None
         raise
 
@@ -177,11 +196,18 @@ def clean_batch(
     codes[np.maximum(sb, tb) > cfg.max_length_ratio * np.minimum(sb, tb)] = code["ratio"]
     codes[(sc > cfg.max_chars) | (tc > cfg.max_chars)] = code["too_long"]
     codes[(sb == 0) | (tb == 0)] = code["empty"]
-    if known is not None and any(r is not None for r in known):
+    control = pc.or_(pc.match_substring_regex(s_arr, _CONTROL_CHARS), pc.match_substring_regex(t_arr, _CONTROL_CHARS))
+    codes[control.to_numpy(zero_copy_only=False)] = code["control_chars"]
+    known_any = known is not None and any(r is not None for r in known)
+    if known_any:
         for i, r in enumerate(known):
-            if r is not None:
+            if r is not None and r != "header":
                 codes[i] = code[r]
     codes[s_bad | t_bad] = code["invalid_utf8"]
+    if known_any:
+        for i, r in enumerate(known):
+            if r == "header":
+                codes[i] = code[r]
     return codes, s_arr, t_arr
 
 
@@ -320,10 +346,12 @@ def _write_shard(
         pq.write_table(kept, tmp, compression="zstd")
     vc = pc.value_counts(kept.column("split"))
     splits = dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
-    hist = {}
+    hist, longest = {}, {}
+    cap = min(cfg.max_chars, HIST_CHARS)
     for side in ("src", "tgt"):
         lens = pc.utf8_length(kept.column(side)).to_numpy() if len(kept) else np.zeros(0, np.int64)
-        hist[side] = np.bincount(np.minimum(lens, cfg.max_chars), minlength=cfg.max_chars + 1).tolist()
+        hist[side] = np.bincount(np.minimum(lens, cap), minlength=cap + 1).tolist()
+        longest[side] = int(lens.max(initial=0))
     return {
         "shard": shard,
         "file": os.path.basename(out_path),
@@ -332,6 +360,7 @@ def _write_shard(
         "sha256": sha256_file(out_path),
         "duplicates": n_dup,
         "hist": hist,
+        "longest": longest,
     }
 
 
@@ -450,7 +479,8 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
         "rejected": {r: int(rejected[r]) for r in REJECT_REASONS},
         "rejected_total": int(sum(rejected.values())),
         "splits": splits,
-        "length_chars": {side: _percentiles(h) for side, h in hist.items()},
+        "length_chars": {side: _percentiles(h) | {"max": max(s["longest"][side] for s in stage2)}
+                         for side, h in hist.items()},
         "sources": sorted({u.where() for u in units}),
         "units": len(units),
         "histogram_png": png,
@@ -461,6 +491,7 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
     }
     if report["input"] != report["kept"] + report["rejected_total"]:  # the account must balance
         raise AssertionError(f"record account does not balance: {report}")
+    _check_not_empty(report)
     manifest = {
         "version": FORMAT_VERSION,
         "kind": "raw",
@@ -477,8 +508,25 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
     return report
 
 
+def _check_not_empty(report: dict) -> None:
+    """Stop here, with the reject counts, when cleaning left nothing to train on: the tokenizer would
+    otherwise fail later with a message that names neither the data nor the reason."""
+    counts = ", ".join(f"{r} {n}" for r, n in report["rejected"].items() if n) or "none"
+    where = ", ".join(report["sources"][:3]) + (", ..." if len(report["sources"]) > 3 else "")
+    if report["kept"] == 0:
+        raise DataError(
+            f"no pair of {where} survived cleaning: {report['input']} records read, all rejected ({counts}); "
+            "see data.max_chars, data.max_length_ratio, data.format"
+        )
+    if report["splits"]["train"] == 0:
+        raise DataError(
+            f"the train split of {where} is empty: {report['kept']} pairs kept, all held out "
+            f"({report['splits']}); lower data.valid_fraction/test_fraction or add data to data.paths"
+        )
+
+
 def _percentiles(hist: np.ndarray) -> dict[str, float]:
-    """Bincount of lengths -> {'p50': .., 'p95': .., 'p99': .., 'max': ..} (max is capped at max_chars)."""
+    """Bincount of lengths -> {'p50': .., 'p95': .., 'p99': .., 'max': ..} (capped at the last bin, HIST_CHARS)."""
     total = int(hist.sum())
     if total == 0:
         return {"p50": 0, "p95": 0, "p99": 0, "max": 0}
@@ -498,10 +546,11 @@ def _plot_lengths(hist: dict[str, np.ndarray], path: str, max_chars: int) -> Non
     for side, h in hist.items():
         top = max(int(np.nonzero(h)[0][-1]) + 1 if h.any() else 1, 2)
         ax.step(np.arange(top), h[:top], where="mid", label=side)
-    ax.set_xlabel(f"characters (longer than {max_chars} are rejected)")
+    cap = "" if max_chars <= HIST_CHARS else f"; the last bin holds all over {HIST_CHARS}"
+    ax.set_xlabel(f"characters (longer than {max_chars} are rejected{cap})")
     ax.set_ylabel("kept pairs")
     ax.set_title("Length histogram of kept pairs")
-    ax.legend()
+    ax.legend(loc="upper right")  # loc="best" searches every point of every line
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

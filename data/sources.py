@@ -146,15 +146,19 @@ def plan_units(cfg: DataConfig, seed: int) -> list[Unit]:
         return [Unit(0, "builtin", start=seed, end=cfg.builtin_size)]
     units: list[Unit] = []
     chunk_bytes = cfg.chunk_mb << 20
+    files_of: dict[str, list[str]] = {}
     for patterns, split in ((cfg.paths, ""), (cfg.valid_paths, "valid"), (cfg.test_paths, "test")):
         if not patterns:
             continue
+        key = {"": "data.paths", "valid": "data.valid_paths", "test": "data.test_paths"}[split]
         fmt = cfg.format if cfg.format != "auto" else None
         if fmt == "moses" or (fmt is None and _all_moses(patterns, cfg)):
             for a, b in moses_pairs(patterns, cfg):
                 units.append(Unit(len(units), "moses", a, b, split=split))
+                files_of.setdefault(key, []).extend((a, b))
             continue
-        for path in expand_paths(patterns):
+        files_of[key] = expand_paths(patterns)
+        for path in files_of[key]:
             f = detect_format(path, cfg)
             if f == "moses":
                 raise DataError(f"{path} looks like a Moses side file; give data.format=moses for the whole list")
@@ -163,7 +167,23 @@ def plan_units(cfg: DataConfig, seed: int) -> list[Unit]:
                     units.append(Unit(len(units), f, path, start=start, end=end, first_line=first, split=split))
             else:
                 units.append(Unit(len(units), f, path, split=split))
+    check_overlap(files_of)
     return units
+
+
+def check_overlap(files_of: dict[str, list[str]]) -> None:
+    """A file given as training data and as held-out data would silently empty the held-out split:
+    each of its pairs is a duplicate of a training pair, and dedup keeps the first."""
+    keys = list(files_of)
+    real = {k: {(p if is_remote(p) else os.path.realpath(local_path(p))): p for p in v} for k, v in files_of.items()}
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            for q, p in real[b].items():
+                if q in real[a]:
+                    raise DataError(
+                        f"{a} and {b} both name {p}; a file is training data or held-out data, not both "
+                        "(drop it from one of the two keys)"
+                    )
 
 
 def _all_moses(patterns: list[str], cfg: DataConfig) -> bool:
@@ -194,7 +214,35 @@ def read_unit(unit: Unit, cfg: DataConfig) -> Iterator[Record]:
 
 
 def read_batches(unit: Unit, cfg: DataConfig) -> Iterator[Batch]:
-    """The records of one unit in file order, in batches of up to about BATCH_ROWS."""
+    """The records of one unit in file order, in batches of up to about BATCH_ROWS.
+
+    A file that cannot be read (a truncated .gz, a text file named .parquet, no permission) is a
+    DataError naming the file, not the codec's own exception.
+    """
+    try:
+        yield from _read_batches(unit, cfg)
+    except DataError:
+        raise
+    except Exception as e:
+        if not _is_read_error(e):
+            raise
+        what = f"{unit.format}" + (f", {compression_of(unit.path)}-compressed" if compression_of(unit.path) else "")
+        hint = " (truncated?)" if isinstance(e, EOFError) else ""
+        raise DataError(f"{unit.where()}: cannot be read as {what}{hint}: {e}") from None
+
+
+def _is_read_error(e: Exception) -> bool:
+    """The exceptions codecs and Arrow raise for a corrupt or unreadable file."""
+    import zlib
+
+    import pyarrow as pa
+
+    if isinstance(e, (EOFError, OSError, zlib.error, pa.ArrowInvalid)):
+        return True
+    return type(e).__name__ == "ZstdError"  # zstandard's, without importing it here
+
+
+def _read_batches(unit: Unit, cfg: DataConfig) -> Iterator[Batch]:
     if unit.format == "builtin":
         from data.builtin import generate_pairs
 
@@ -249,6 +297,8 @@ def _read_lines(unit: Unit, cfg: DataConfig) -> Iterator[Batch]:
     with open_binary(unit.path) as f:
         for lines in _line_blocks(f, unit.start, unit.end):
             numbers = np.arange(first, first + len(lines))
+            if first == 1 and lines[0].startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors)
+                lines[0] = lines[0][3:]
             if unit.format == "text":
                 yield numbers, lines, lines, None
             elif unit.format == "tsv":
@@ -275,12 +325,37 @@ def _read_lines(unit: Unit, cfg: DataConfig) -> Iterator[Batch]:
                 # a blank line is a record with two empty sides
                 srcs = [x[si] if len(x) == n_fields else b"" for x in fields]
                 tgts = [x[ti] if len(x) == n_fields else b"" for x in fields]
-                yield numbers, srcs, tgts, None
+                known = None
+                if first == 1 and srcs and is_tsv_header(srcs[0], tgts[0], cfg):
+                    known = ["header"] + [None] * (len(srcs) - 1)  # counted, never trained on
+                yield numbers, srcs, tgts, known
             else:  # jsonl
                 pairs = [_json_record(x, unit.path, int(n), cfg) for x, n in zip(lines, numbers)]
                 srcs, tgts = (list(c) for c in zip(*pairs))
                 yield numbers, srcs, tgts, None
             first += len(lines)
+
+
+HEADER_WORDS = frozenset(
+    "src tgt source target sources targets src_text tgt_text source_text target_text input output "
+    "original translation sentence text".split()
+)
+
+
+def is_tsv_header(src: bytes, tgt: bytes, cfg: DataConfig) -> bool:
+    """Is line 1 of a TSV file a header? data.tsv_header=first: always; none: never; auto: when both
+    chosen fields are column names, i.e. header words or the language codes ('en<TAB>de',
+    'source<TAB>target'), and differ.
+
+        >>> is_tsv_header(b"en", b"de", DataConfig(src_lang="en", tgt_lang="de"))
+        True
+    """
+    if cfg.tsv_header != "auto":
+        return cfg.tsv_header == "first"
+    names = HEADER_WORDS | {cfg.src_lang.lower(), cfg.tgt_lang.lower(), cfg.src_field.lower(), cfg.tgt_field.lower()}
+    a = src.strip().decode("utf-8", "replace").lower()
+    b = tgt.strip().decode("utf-8", "replace").lower()
+    return a != b and a in names and b in names
 
 
 def _json_record(raw: bytes, path: str, lineno: int, cfg: DataConfig) -> tuple[bytes | str, bytes | str]:
@@ -343,16 +418,30 @@ def _read_parquet(path: str, cfg: DataConfig) -> Iterator[Batch]:
 
     with open_binary(path) as f:
         pf = pq.ParquetFile(f)
-        names = pf.schema_arrow.names
-        for key in (cfg.src_field, cfg.tgt_field):
-            if key not in names:
-                raise DataError(f"{path}: no column {key!r} (data.src_key/tgt_key); columns are {names}")
+        check_parquet_schema(pf.schema_arrow, path, cfg)
         first = 1
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[cfg.src_field, cfg.tgt_field]):
             srcs = ["" if v is None else v for v in batch.column(0).to_pylist()]
             tgts = ["" if v is None else v for v in batch.column(1).to_pylist()]
             yield np.arange(first, first + len(srcs)), srcs, tgts, None
             first += len(srcs)
+
+
+def check_parquet_schema(schema, path: str, cfg: DataConfig) -> None:
+    """The source and target columns exist and hold strings: an integer column is refused, as JSONL
+    refuses a number, rather than silently turned into digits."""
+    import pyarrow as pa
+
+    names = schema.names
+    for key in (cfg.src_field, cfg.tgt_field):
+        if key not in names:
+            raise DataError(f"{path}: no column {key!r} (data.src_key/tgt_key); columns are {names}")
+        t = schema.field(key).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+                or getattr(pa.types, "is_string_view", lambda _: False)(t)):
+            raise DataError(f"{path}: column {key!r} is {t}, expected strings (data.src_key/tgt_key)")
 
 
 def _read_catalog(path: str, fmt: str) -> Iterator[Batch]:

@@ -120,11 +120,14 @@ def _setup_tracking() -> str:
 
 
 def cmd_translate(args) -> int:
+    from pipeline.translate import check_sentences
+
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
+    check_sentences(texts)  # before the model loads
     _setup_tracking()
     import mlflow
 
     model = mlflow.pyfunc.load_model(args.model_uri)
-    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
     for src, hyp in zip(texts, model.predict(texts)):
         print(f"{src}\t{hyp}")
     return 0
@@ -142,10 +145,14 @@ def _read_tsv(path: str) -> list[tuple[str, str]]:
 
 
 def cmd_evaluate(args) -> int:
-    _setup_tracking()
     from pipeline.evaluate import (
-        data_identity, evaluate_pyfunc, model_tgt_lang, record_evaluation, resolve_version, split_pairs_of_version,
+        check_split, data_identity, evaluate_pyfunc, model_tgt_lang, record_evaluation, resolve_version,
+        split_pairs_of_version,
     )
+
+    if not args.data:
+        check_split(args.split)  # before the store is opened
+    _setup_tracking()
     from pipeline.registry import alias_version, promote_if_better
 
     name, version = resolve_version(args.model_uri)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -273,6 +274,8 @@ def _check_value(tp: Any, value: Any, key_path: str, meta: typing.Mapping[str, A
         raise ConfigError(f"{key_path}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
     if tp is float:
         value = float(value)
+        if not math.isfinite(value):  # nan passes every range check (all comparisons are False)
+            raise ConfigError(f"{key_path}: {value!r} is not a finite number")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{key_path}: {value!r} is not allowed; allowed: {', '.join(map(str, choices))}")

@@ -14,7 +14,7 @@ from data.errors import UserError
 
 
 class EvaluationError(UserError, ValueError):
-    """A model URI, data file or language an evaluation cannot use."""
+    """A model URI, data file, split or language an evaluation cannot use."""
 
 
 def bleu_tokenizer(tgt_lang: str) -> str:
@@ -146,6 +146,14 @@ def step_keys_of_version(name: str, version: int) -> dict[str, str]:
     return json.loads(tag)
 
 
+def check_split(split: str) -> None:
+    """`--split nosuch` -> one line listing the splits a pipeline writes."""
+    from data.prepare import SPLITS
+
+    if split not in SPLITS:
+        raise EvaluationError(f"--split {split!r}: no such split; the splits are {', '.join(SPLITS)}")
+
+
 def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[str, str]]:
     """The (source, reference) pairs of `split` from the data the version was trained on.
 
@@ -163,17 +171,22 @@ def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[st
     key = step_keys_of_version(name, version)["prepare"]
     prepare_dir = Home.resolve().artifacts / "prepare" / key
     if (prepare_dir / "manifest.json").exists():
-        return _split_texts(raw_shards(prepare_dir), split)
-    run_id = MlflowClient().get_model_version(name, str(version)).run_id
-    try:
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/data/{split}.jsonl")
-    except Exception as e:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
-        raise FileNotFoundError(
-            f"the {split} split of models:/{name}/{version} is neither on this machine ({prepare_dir}) nor logged "
-            f"with its run {run_id} (data/{split}.jsonl: {e}); give --data FILE.tsv instead"
-        ) from e
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [(r["src"], r["tgt"]) for r in rows]
+        pairs = _split_texts(raw_shards(prepare_dir), split)
+    else:
+        run_id = MlflowClient().get_model_version(name, str(version)).run_id
+        try:
+            text = mlflow.artifacts.load_text(f"runs:/{run_id}/data/{split}.jsonl")
+        except Exception as e:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+            raise EvaluationError(
+                f"the {split} split of models:/{name}/{version} is neither on this machine ({prepare_dir}) nor logged "
+                f"with its run {run_id} (data/{split}.jsonl: {str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                "give --data FILE.tsv instead"
+            ) from e
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        pairs = [(r["src"], r["tgt"]) for r in rows]
+    if not pairs:
+        raise EvaluationError(f"the {split} split of models:/{name}/{version} is empty; give --data FILE.tsv")
+    return pairs
 
 
 def model_tgt_lang(name: str, version: int) -> str:

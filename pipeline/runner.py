@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from data.checks import check_inputs
 from data.errors import UserError
 from data.io import redact_text, redact_uri
 from pipeline.artifacts import RemoteRoot, is_remote
@@ -218,6 +219,7 @@ def _run_pipeline(
     interrupts: _Interrupts | None = None,
 ) -> dict[str, Any]:
     """The pipeline itself, under the run lock (see run_pipeline)."""
+    check_inputs(cfg.data)  # input files: one line naming the file, before MLflow (seconds to import) or Ray
     import mlflow
 
     from pipeline.tracking import (

@@ -71,10 +71,12 @@ def train(ctx: StepContext) -> dict[str, Any]:
     from data.tokenizer import load_tokenizer
     from model.transformer import Transformer
     from pipeline.tracking import log_dict_params, log_training_pictures
-    from pipeline.train import run_training
+    from pipeline.train import check_training_inputs, run_training
     from pipeline.translate import save_model_package
 
     cfg = ctx.cfg
+    # an empty split or a pair longer than train.max_tokens: one line now, not after Ray Train's retries
+    check_training_inputs(cfg, token_shards(ctx.input_dir("encode"), "train"), token_shards(ctx.input_dir("encode"), "valid"))
     tok_dir = ctx.input_dir("tokenizer")
     tok = load_tokenizer(tok_dir)
     # The model's vocabulary and special ids come from the tokenizer, never from hand-set config.

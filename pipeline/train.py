@@ -13,9 +13,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from data.errors import UserError
 from pipeline.config import PipelineConfig, config_from_dict
 
 FINAL_WEIGHTS = "model.safetensors"
+USER_ERROR = "tpipe_user_error"  # the metric a worker reports instead of raising a user's error
+USER_ERROR_FILE = "user_error.json"  # the checkpoint that carries it (see report_user_error)
+
+
+class TrainingInputError(UserError):
+    """The token shards and the training config do not fit together (an empty split, a pair longer
+    than train.max_tokens): certain from the start, so it fails once instead of being retried."""
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -37,15 +45,24 @@ def train_func(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    tokenizer = load_tokenizer(config["tokenizer_dir"])
     model_cfg = cfg.model
     loader_kw = dict(pad_id=model_cfg.pad_id, bos_id=model_cfg.bos_id, eos_id=model_cfg.eos_id, seed=cfg.seed)
-    train_loader = TokenBatchLoader(
-        config["train_shards"], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=True, **loader_kw
-    )
-    val_loader = TokenBatchLoader(
-        config["valid_shards"], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=False, **loader_kw
-    )
+    error = None
+    try:  # a user's error here is the same on every attempt: report it once, never retry it
+        tokenizer = load_tokenizer(config["tokenizer_dir"])
+        train_loader = TokenBatchLoader(
+            config["train_shards"], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=True, **loader_kw
+        )
+        val_loader = TokenBatchLoader(
+            config["valid_shards"], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=False, **loader_kw
+        )
+        len(train_loader), len(val_loader)  # the epoch plans: a split that cannot be cut fails here
+    except UserError as e:
+        error = str(e)
+    error = first_error_of_any_rank(error)
+    if error is not None:
+        report_user_error(error, rank)
+        return
     module = Seq2SeqModule(
         model_cfg,
         tcfg,
@@ -99,8 +116,10 @@ def train_func(config: dict[str, Any]) -> None:
 
     ckpt_path = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # resuming after a failure or a re-run of an interrupted pipeline
-        ckpt_dir = checkpoint.to_directory()
+    ckpt_dir = checkpoint.to_directory() if checkpoint is not None else None
+    if ckpt_dir is not None and os.path.exists(os.path.join(ckpt_dir, USER_ERROR_FILE)):
+        ckpt_dir = None  # the record of an earlier attempt's user error, not a training state
+    if ckpt_dir is not None:  # resuming after a failure or a re-run of an interrupted pipeline
         if os.path.exists(os.path.join(ckpt_dir, FINAL_WEIGHTS)):
             # An earlier attempt finished training and only the driver was lost: hand the result back.
             metrics = json.loads(Path(ckpt_dir, "metrics.json").read_text())
@@ -132,6 +151,62 @@ def train_func(config: dict[str, Any]) -> None:
             Path(tmp, "metrics.json").write_text(json.dumps(metrics))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt)
+
+
+def report_user_error(error: str, rank: int) -> None:
+    """End this attempt as finished, carrying the user's error to the driver (run_training raises it).
+
+    Ray Train keeps a result's metrics only with a checkpoint, so rank 0 reports a checkpoint that
+    holds just the message (USER_ERROR_FILE); every rank reports, as Ray Train requires.
+    """
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            Path(tmp, USER_ERROR_FILE).write_text(json.dumps({"error": error}))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"val_loss": float("inf"), USER_ERROR: error}, checkpoint=ckpt)
+
+
+def first_error_of_any_rank(error: str | None) -> str | None:
+    """The error message of the lowest rank that has one, on every rank (None when none has).
+
+    Ray Train retries any worker that raises (a lost worker and a wrong input look alike to it);
+    ranks that agree on a user's error can instead all report it and end, and the driver raises it.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return error
+    errors: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
+
+
+def check_training_inputs(cfg: PipelineConfig, train_shards: list[str], valid_shards: list[str]) -> None:
+    """On the driver, before Ray Train starts: every rank gets a batch of each split, the longest pair
+    fits train.max_tokens, and the first epoch's batches divide among the ranks. Reads the length
+    columns only (the plan costs about a microsecond a row)."""
+    import pyarrow.parquet as pq
+
+    from data.loader import TokenBatchLoader
+
+    world = cfg.train.num_workers
+    for split, shards in (("train", train_shards), ("valid", valid_shards)):
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+        if rows < world:
+            hint = "raise data.valid_fraction or give data.valid_paths" if split == "valid" else "add data to data.paths"
+            raise TrainingInputError(
+                f"the {split} split has {rows} pair(s), fewer than train.num_workers={world} (each rank needs a "
+                f"batch); {hint}, or lower train.num_workers"
+            )
+        try:
+            loader = TokenBatchLoader(shards, max_tokens=cfg.train.max_tokens, pad_id=0, bos_id=1, eos_id=2,
+                                      seed=cfg.seed, world_size=world, shuffle=split == "train")
+            len(loader)  # the first epoch's plan, as every rank makes it
+        except UserError as e:
+            raise TrainingInputError(f"the {split} split: {e}") from None
 
 
 def ddp_strategy():
@@ -421,6 +496,8 @@ def run_training(
     result = fit_in_a_thread(trainer)
     if result.error is not None:
         raise result.error
+    if (result.metrics or {}).get(USER_ERROR):
+        raise TrainingInputError(result.metrics[USER_ERROR])
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:

@@ -12,10 +12,15 @@ It is what the registry stores, what `mlflow.pyfunc.load_model` loads and what `
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from data.errors import UserError
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
@@ -46,6 +51,17 @@ def save_model_package(out_dir: Path, model, model_cfg, generation: dict[str, An
         shutil.rmtree(out_dir / TOKENIZER_DIR)
     shutil.copytree(tokenizer_dir, out_dir / TOKENIZER_DIR)
     return out_dir
+
+
+class TranslateInputError(UserError):
+    """Nothing to translate, or input that cannot be."""
+
+
+def check_sentences(sentences: list[str]) -> None:
+    """Refuse input with no sentence at all: `tpipe translate MODEL ""` is a mistake, not a request."""
+    if not any(s.strip() for s in sentences):
+        what = "no sentences were given" if not sentences else f"all {len(sentences)} sentence(s) are empty"
+        raise TranslateInputError(f"nothing to translate: {what}; give TEXT arguments or lines on stdin")
 
 
 class Translator:
@@ -118,8 +134,18 @@ class Translator:
         torch = self._torch
         eos = self.model_cfg.eos_id
         max_src = self.model_cfg.max_seq_len - 1
-        ids = [x[:max_src] + [eos] for x in self.tokenizer.encode_batch([str(s) for s in sentences])]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        sentences = [str(s) for s in sentences]
+        encoded = self.tokenizer.encode_batch(sentences)
+        cut = [i for i, x in enumerate(encoded) if len(x) > max_src]
+        if cut:
+            log.warning(
+                f"{len(cut)} sentence(s) longer than the model's {max_src} source tokens were cut to that length "
+                f"(sentence {cut[0] + 1}: {len(encoded[cut[0]])} tokens); split long inputs into sentences"
+            )
+        ids = [x[:max_src] + [eos] for x in encoded]
+        # An empty sentence translates to an empty one, without the model: line n of the output stays
+        # the translation of line n of the input, and nothing is made up from no input.
+        order = sorted((i for i, s in enumerate(sentences) if s.strip()), key=lambda i: len(ids[i]))
         out: list[str] = [""] * len(ids)
         bs = int(gen.get("batch_size", 64))
         with torch.inference_mode():

@@ -149,9 +149,11 @@ class PipelineRun:
                 self.remote.download(step.name, key, final)
             elif marker.exists() and not self.remote.has(step.name, key):
                 self.remote.upload(final, step.name, key)  # made before the root was set, or upload cut short
+        remove_dead_attempts(final.parent)
         if marker.exists() and not force:
-            summary = json.loads(marker.read_text(encoding="utf-8"))["summary"]
-            if step.verify is None or step.verify(final, summary):
+            recorded = json.loads(marker.read_text(encoding="utf-8"))
+            summary = recorded["summary"]
+            if outputs_unchanged(final, recorded.get("files")) and (step.verify is None or step.verify(final, summary)):
                 result = StepResult(step.name, key, final, summary, cached=True, seconds=0.0)
                 self._record(result, "cached")
                 self.on_event("cached", step, {"key": key, "out_dir": str(final), "summary": summary})
@@ -159,7 +161,7 @@ class PipelineRun:
         if final.exists():  # unverified or forced: move the old output aside, never half-delete it
             shutil.rmtree(final.with_name(f".{key}.old"), ignore_errors=True)
             os.replace(final, final.with_name(f".{key}.old"))
-        tmp = final.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = final.with_name(f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # pid: see remove_dead_attempts
         tmp.mkdir(parents=True)
         state_dir = final.with_name(f".{key}.state")
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +180,8 @@ class PipelineRun:
             raise
         seconds = time.perf_counter() - t0
         (tmp / MARKER).write_text(
-            json.dumps({"step": step.name, "key": key, "seconds": seconds, "summary": summary}, indent=2),
+            json.dumps({"step": step.name, "key": key, "seconds": seconds, "summary": summary,
+                        "files": file_records(tmp)}, indent=2),
             encoding="utf-8",
         )
         os.replace(tmp, final)  # atomic: the output appears complete or not at all
@@ -206,6 +209,69 @@ class PipelineRun:
         tmp = path.with_name(f".state.json.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def file_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Size, modification time and SHA-256 of every file of a finished output, kept in its marker."""
+    from data.io import sha256_file
+
+    out = {}
+    for p in sorted(out_dir.rglob("*")):
+        if p.is_file() and p.name != MARKER:
+            st = p.stat()
+            out[p.relative_to(out_dir).as_posix()] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                                     "sha256": sha256_file(str(p))}
+    return out
+
+
+def outputs_unchanged(out_dir: Path, records: dict[str, dict[str, Any]] | None) -> bool:
+    """Every file a cached output had when it was written is still there with the same bytes.
+
+    A size is compared always (a stat); the hash only for a file whose modification time changed
+    (rewritten, or copied from a remote root), so a reuse costs a stat per file, not a read. An
+    output written before files were recorded is trusted as before.
+    """
+    from data.io import sha256_file
+
+    if records is None:
+        return True
+    for rel, rec in records.items():
+        p = out_dir / rel
+        try:
+            st = p.stat()
+        except OSError:
+            return False
+        if st.st_size != rec["size"]:
+            return False
+        if st.st_mtime_ns != rec["mtime_ns"] and sha256_file(str(p)) != rec["sha256"]:
+            return False
+    return True
+
+
+def remove_dead_attempts(step_dir: Path) -> None:
+    """Remove the temporary folders of attempts whose process is gone (a killed run): `.KEY.tmp-PID-X`.
+
+    A folder whose process still runs on this machine belongs to a concurrent run and is left alone.
+    """
+    if not step_dir.is_dir():
+        return
+    for p in step_dir.glob(".*.tmp-*"):
+        pid = p.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        if pid.isdigit() and int(pid) == os.getpid():
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _get_path(d: dict[str, Any], dotted: str) -> Any:

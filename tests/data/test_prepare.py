@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -74,7 +75,8 @@ def test_every_reject_reason_is_counted_and_written(tmp_path):
     cfg = DataConfig(source="files", paths=[path], max_chars=50, n_shards=2, write_rejects=True)
     r = prepare_raw_shards(cfg, str(tmp_path / "out"), seed=0)
     assert r["input"] == 8 and r["kept"] == 2
-    assert r["rejected"] == {"invalid_utf8": 1, "fuzzy": 0, "empty": 1, "too_long": 1, "ratio": 1, "duplicate": 2}
+    assert r["rejected"] == {"header": 0, "invalid_utf8": 1, "fuzzy": 0, "control_chars": 0, "empty": 1, "too_long": 1,
+                             "ratio": 1, "duplicate": 2}
     assert r["input"] == r["kept"] + r["rejected_total"]
     assert sorted((s, t) for s, t, _ in _rows(tmp_path / "out")) == [("good", "gut"), ("hello", "hallo")]
     rejects = [json.loads(line) for line in (tmp_path / "out" / r["rejects_file"]).read_text().splitlines()]
@@ -258,3 +260,23 @@ def test_a_lone_surrogate_in_json_is_an_invalid_utf8_reject(tmp_path):
     assert r["kept"] == 1 and r["rejected"]["invalid_utf8"] == 1
     (rej,) = [json.loads(x) for x in (tmp_path / "o" / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rej["src"] == "bad \\ud800" and rej["line"] == 1
+
+
+def test_a_huge_line_keeps_the_length_histogram_small(tmp_path):
+    """With data.max_chars raised, one 1 MB line used to make the histogram (and the plot, and the
+    task results) a bin per character: minutes for a 10 MB line. Lengths over HIST_CHARS share the
+    last bin; the report's max stays exact. Plain functions, no Ray needed."""
+    from dataclasses import asdict
+
+    from data.prepare import HIST_CHARS, _ingest_unit, _percentiles, _write_shard
+    from data.sources import plan_units
+
+    path = _write_tsv(tmp_path / "c.tsv", [("hello", "hallo"), ("w " * 500_000, "x " * 500_000)])
+    cfg = DataConfig(source="files", paths=[path], max_chars=10_000_000, n_shards=1, valid_fraction=0, test_fraction=0)
+    (unit,) = plan_units(cfg, seed=0)
+    _ingest_unit(unit.to_dict(), asdict(cfg), str(tmp_path / "u0"), False)
+    shard = _write_shard(0, [str(tmp_path / "u0")], ["c.tsv"], asdict(cfg), str(tmp_path), str(tmp_path / "s.parquet"),
+                         False)
+    assert shard["rows"] == 2
+    assert len(shard["hist"]["src"]) == HIST_CHARS + 1 and shard["longest"]["src"] == 999_999
+    assert _percentiles(np.array(shard["hist"]["src"]))["p50"] == 5

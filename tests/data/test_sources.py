@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -201,6 +202,9 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 but tab, LF, CR; and DEL
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.text(max_size=40), st.text(max_size=40)), min_size=1, max_size=20))
 # (st.text has no lone surrogates; test_clean_reasons covers them)
@@ -215,7 +219,9 @@ def test_any_text_through_jsonl_is_kept_stripped_or_rejected_for_its_reason(tmp_
     for (s, t), code, s2, t2 in zip(pairs, codes.tolist(), s_arr.to_pylist(), t_arr.to_pylist()):
         ss, ts = s.strip(), t.strip()
         lb, lt = len(ss.encode()), len(ts.encode())
-        if not ss or not ts:
+        if CONTROL.search(ss) or CONTROL.search(ts):
+            want = "control_chars"
+        elif not ss or not ts:
             want = "empty"
         elif len(ss) > 30 or len(ts) > 30:
             want = "too_long"
@@ -226,3 +232,46 @@ def test_any_text_through_jsonl_is_kept_stripped_or_rejected_for_its_reason(tmp_
         assert (REJECT_REASONS[code - 1] if code else None) == want, (s, t)
         if want is None:
             assert (s2, t2) == (ss, ts)
+
+
+@pytest.mark.parametrize(
+    "first_line,setting,header",
+    [
+        ("en\tde", "auto", True),
+        ("source\ttarget", "auto", True),
+        ("pkg\tsrc\ttgt", "auto", True),  # the chosen fields are the last two
+        ("hello\thallo", "auto", False),
+        ("en\ten", "auto", False),  # the same word twice is a sentence pair, not column names
+        ("en\tde", "none", False),
+        ("hello\thallo", "first", True),
+    ],
+)
+def test_a_tsv_header_is_counted_not_trained_on(tmp_path, first_line, setting, header):
+    n_fields = first_line.count("\t") + 1
+    rest = "".join(("x\t" * (n_fields - 2)) + f"a {i}\tb {i}\n" for i in range(3))
+    path = tmp_path / "c.tsv"
+    path.write_text(first_line + "\n" + rest, encoding="utf-8")
+    cfg = DataConfig(source="files", paths=[str(path)], src_lang="en", tgt_lang="de", tsv_header=setting)
+    (unit,) = plan_units(cfg, seed=0)
+    reasons = [r for _, _, _, r in read_unit(unit, cfg)]
+    assert reasons == (["header"] if header else [None]) + [None] * 3
+    lines, srcs, tgts, known = next(iter(read_batches(unit, cfg)))
+    codes, _, _ = clean_batch(srcs, tgts, cfg, known)
+    assert (REJECT_REASONS[codes[0] - 1] if codes[0] else None) == ("header" if header else None)
+
+
+@pytest.mark.parametrize("side", [b"a\x00b", b"\x1b[31mred\x1b[0m", b"bell\x07", b"del\x7f"])
+def test_control_characters_are_a_counted_reject(side):
+    codes, _, _ = clean_batch([side, b"tab\tand\r ok"], [b"x", b"y"], DataConfig(max_length_ratio=100))
+    assert [REJECT_REASONS[c - 1] if c else None for c in codes] == ["control_chars", None]
+
+
+@pytest.mark.parametrize("name,body", [("c.tsv", "en\tde\nhello\thallo\n"), ("c.jsonl", '{"en": "hello", "de": "hallo"}\n')])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_record(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    cfg = DataConfig(source="files", paths=[str(path)], src_lang="en", tgt_lang="de")
+    (unit,) = plan_units(cfg, seed=0)
+    records = [(s, t, r) for _, s, t, r in read_unit(unit, cfg)]
+    assert records[-1][:2] in ((b"hello", b"hallo"), ("hello", "hallo"))
+    assert name != "c.tsv" or records[0][2] == "header"  # 'en<TAB>de' is still seen as the header

@@ -498,3 +498,21 @@ def test_promotion_compares_results_on_the_same_data_only(first_run):
     assert moved
     moved, message = promote_if_better("tpipe-promotion", 2, "bleu", _result(9.0, "x.tsv", "ccc"), None, alias="staging")
     assert not moved and alias_version("tpipe-promotion", "staging") == 1, message
+
+
+def test_truncated_encode_shard_is_redone_not_trained_on(first_run, home):
+    """An encode shard cut short after the run finished: the next run finds it changed (size and hash
+    recorded in the step's marker), redoes encode, and the shards are again the first run's."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    encode_dir = first_run["results"]["encode"].out_dir
+    before = json.loads((encode_dir / "manifest.json").read_text())["splits"]
+    shard = encode_dir / before["train"][0]["file"]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    again = run_pipeline(load_config("smoke"), quiet=True)
+    ran = [n for n, r in again["results"].items() if not r.cached]
+    assert ran == ["encode"], ran
+    assert shard.read_bytes() == data
+    assert json.loads((encode_dir / "manifest.json").read_text())["splits"] == before

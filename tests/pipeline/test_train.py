@@ -40,3 +40,45 @@ def test_batch_seed_is_a_stable_63_bit_function_of_its_inputs(position):
     s = batch_seed(7, 0, 0, position)
     assert s == batch_seed(7, 0, 0, position) and 0 <= s < 2**63
     assert s != batch_seed(7, 1, 0, position) and s != batch_seed(7, 0, 1, position)
+
+
+def _token_shard(path, rows: list[tuple[int, int]]) -> str:
+    """A token shard whose rows have the given (source, target) lengths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data.prepare import TOKEN_SCHEMA
+
+    src, tgt = [[5] * s for s, _ in rows], [[6] * t for _, t in rows]
+    pq.write_table(pa.table([pa.array(src, pa.list_(pa.int32())), pa.array(tgt, pa.list_(pa.int32())),
+                             pa.array([s for s, _ in rows], pa.int32()), pa.array([t for _, t in rows], pa.int32())],
+                            schema=TOKEN_SCHEMA), path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "overrides,train_rows,valid_rows,needles",
+    [
+        ([], [(3, 3)] * 2, [], ["valid split has 0 pair(s)", "train.num_workers=2", "data.valid_fraction"]),
+        ([], [(3, 3)], [(3, 3)] * 4, ["train split has 1 pair(s)", "train.num_workers=2"]),
+        (["train.max_tokens=16"], [(3, 3), (20, 18)], [(3, 3)] * 2, ["train split", "needs 41 tokens", "train.max_tokens"]),
+        # 3 rows of 6 + 8 tokens each: one row a batch, and 3 batches cannot be split over 2 ranks
+        (["train.max_tokens=16"], [(3, 3)] * 2, [(5, 6)] * 3, ["valid split", "single-row batches", "train.max_tokens"]),
+    ],
+    ids=["empty_valid", "one_train_pair", "pair_over_max_tokens", "batches_not_divisible"],
+)
+def test_training_inputs_are_checked_on_the_driver(tmp_path, overrides, train_rows, valid_rows, needles):
+    """What would fail identically on every Ray Train attempt is refused before Ray Train starts."""
+    from data.errors import UserError
+    from pipeline.config import load_config
+    from pipeline.train import check_training_inputs
+
+    cfg = load_config("smoke", overrides)
+    train = _token_shard(tmp_path / "train.parquet", train_rows)
+    valid = _token_shard(tmp_path / "valid.parquet", valid_rows)
+    with pytest.raises(UserError) as e:
+        check_training_inputs(cfg, [train], [valid])
+    assert all(n in str(e.value) for n in needles), str(e.value)
+    assert "\n" not in str(e.value)
+    fine = _token_shard(tmp_path / "fine.parquet", [(3, 3)] * 2)
+    check_training_inputs(load_config("smoke"), [train, fine], [fine])  # the same shards with enough rows pass

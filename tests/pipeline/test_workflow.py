@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,42 @@ def test_unverified_output_is_redone(run_dir):
     calls.clear()
     new_run(run_dir, steps).run()
     assert calls == ["c"]
+
+
+def test_a_changed_cached_output_is_redone(run_dir):
+    """A file of a finished output truncated or rewritten afterwards: the step runs again instead of
+    handing the damaged output on (its marker records each file's size and hash)."""
+    calls: list[str] = []
+    first = new_run(run_dir, make_steps(calls)).run()
+    value = first["b"].out_dir / "value.txt"
+    value.write_text("b(")  # truncated
+    calls.clear()
+    second = new_run(run_dir, make_steps(calls)).run()
+    assert calls == ["b"] and not second["b"].cached and second["c"].cached
+    assert value.read_text() == "b(a())"
+    value.write_text("x(a())")  # same size, other bytes: found by the hash, since the mtime moved
+    calls.clear()
+    new_run(run_dir, make_steps(calls)).run()
+    assert calls == ["b"]
+    calls.clear()
+    new_run(run_dir, make_steps(calls)).run()
+    assert calls == []  # an intact output is reused
+
+
+def test_killed_attempts_temporary_folders_are_removed(run_dir):
+    import subprocess
+    import sys
+
+    calls: list[str] = []
+    new_run(run_dir, make_steps(calls)).run()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    step_dir = run_dir / "artifacts" / "b"
+    killed = step_dir / f".0123456789abcdef.tmp-{dead.stdout.strip()}-deadbeef"  # a process that is gone
+    legacy = step_dir / ".0123456789abcdef.tmp-cafe0123"  # named before attempts carried their pid
+    alive = step_dir / f".0123456789abcdef.tmp-{os.getppid()}-feedf00d"  # a process that still runs
+    for d in (killed, legacy, alive):
+        d.mkdir()
+        (d / "partial.bin").write_bytes(b"x" * 100)
+    new_run(run_dir, make_steps(calls)).run()
+    assert not killed.exists() and not legacy.exists()
+    assert alive.exists()

@@ -1,0 +1,53 @@
+"""Translator edge cases on a tiny model package (random weights; what is tested is the plumbing)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    import torch
+
+    from data.tokenizer import TokenizerConfig, train_tokenizer
+    from model.config import ModelConfig
+    from model.transformer import Transformer
+    from pipeline.translate import save_model_package
+
+    d = tmp_path_factory.mktemp("pkg")
+    (d / "corpus.txt").write_text("hello world\nhallo welt\n" * 20, encoding="utf-8")
+    tok = train_tokenizer(TokenizerConfig(vocab_size=264, num_workers=1), [str(d / "corpus.txt")])
+    tok.save(d / "tok")
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1,
+                      d_ff=32, max_seq_len=16, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
+    torch.manual_seed(0)
+    return save_model_package(d / "package", Transformer(cfg), cfg, {"max_len": 6, "beam_size": 1}, d / "tok")
+
+
+def test_empty_sentences_translate_to_empty_ones_in_place(package):
+    from pipeline.translate import Translator
+
+    out = Translator(package).translate(["", "hello world", "   ", "hallo"])
+    assert len(out) == 4 and out[0] == "" and out[2] == ""
+
+
+def test_a_cut_input_is_reported(package, caplog):
+    from pipeline.translate import Translator
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.translate"):
+        Translator(package).translate(["hello world " * 20, "hello"])
+    (record,) = [r for r in caplog.records if r.name == "pipeline.translate"]
+    assert "1 sentence(s) longer than the model's 15 source tokens were cut" in record.getMessage()
+    assert "sentence 1:" in record.getMessage()
+
+
+@pytest.mark.parametrize("texts", [[], [""], ["  ", "\t"]])
+def test_nothing_to_translate_is_refused(texts):
+    from data.errors import UserError
+    from pipeline.translate import check_sentences
+
+    with pytest.raises(UserError, match="nothing to translate"):
+        check_sentences(texts)
+    check_sentences(["", "a"])  # one real sentence is enough; the empty one stays empty
