@@ -36,6 +36,16 @@ def artifact_root(cfg: PipelineConfig, home: Home) -> tuple[Path, RemoteRoot | N
     return home.artifacts, remote
 
 
+def check_input_filesystems(cfg: PipelineConfig) -> None:
+    """An s3:// or gs:// corpus whose fsspec package is missing fails here, before Ray starts,
+    not a minute later inside a Ray task (data/io.py check_filesystems)."""
+    from data.io import check_filesystems
+
+    if cfg.data.source == "files":
+        for key, paths in (("paths", cfg.data.paths), ("valid_paths", cfg.data.valid_paths), ("test_paths", cfg.data.test_paths)):
+            check_filesystems(paths, f"data.{key}")
+
+
 def connect_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray. True if we started it."""
     import ray
@@ -83,6 +93,7 @@ def run_pipeline(
         )
     check_tracking_server(tracking_uri)  # before Ray starts or anything is written
     artifacts, remote = artifact_root(cfg, home)
+    check_input_filesystems(cfg)
     # (Ray Train workers get tracking_uri explicitly in their config, not through the environment.)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     setup_mlflow(tracking_uri, cfg.mlflow.experiment, home)

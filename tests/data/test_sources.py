@@ -226,3 +226,19 @@ def test_any_text_through_jsonl_is_kept_stripped_or_rejected_for_its_reason(tmp_
         assert (REJECT_REASONS[code - 1] if code else None) == want, (s, t)
         if want is None:
             assert (s2, t2) == (ss, ts)
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("gs://corpus/a.tsv", "data.test_paths: gs://corpus/a.tsv needs gcsfs, which is not installed: pip install 'transformer-pipeline[gcs]'"),
+    ("nosuch://corpus/a.tsv", "data.test_paths: nosuch://corpus/a.tsv: no filesystem for nosuch://"),
+])
+def test_every_unopenable_scheme_is_named(uri, message, monkeypatch):
+    import sys
+
+    from data.io import check_filesystems
+
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # import gcsfs fails, installed or not
+    check_filesystems(["/local/file.tsv", "file:///x.tsv", "memory://x.tsv"], "data.paths")  # fine
+    with pytest.raises(DataError) as e:
+        check_filesystems(["/local/file.tsv", uri], "data.test_paths")
+    assert str(e.value).startswith(message)

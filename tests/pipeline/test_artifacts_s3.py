@@ -210,3 +210,21 @@ def test_pipeline_on_s3_is_reused_by_a_second_home(s3, tmp_path, monkeypatch):
     checkpoints = [k for k in _listing(uri.replace("/pipeline?", "/ray_results?")) if k.endswith("checkpoint.ckpt")]
     assert checkpoints, "no training checkpoint reached s3://tpipe-artifacts/ray_results"
     shutil.rmtree(tmp_path / "home-a")
+
+
+def test_a_corpus_on_s3_without_s3fs_is_refused_before_ray_starts(tmp_path):
+    """data.paths goes through fsspec, which needs s3fs for s3://: its absence is one line naming the
+    URI and the extra to install, before Ray starts (it was a 67-line traceback from a Ray task)."""
+    hidden = tmp_path / "hidden" / "s3fs"  # as on a machine without s3fs, whatever this venv holds
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('No module named s3fs')\n")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TPIPE_HOME": str(tmp_path / "home"), "PYTHONPATH": f"{repo}{os.pathsep}{hidden.parent}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "smoke", "data.source=files",
+                           "data.paths=[s3://corpus/train.*.tsv]"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == ("tpipe: data.paths: s3://corpus/train.*.tsv needs s3fs, which is not installed: "
+                                   "pip install 'transformer-pipeline[s3]'"), proc.stderr[-2000:]
+    assert "ray: started" not in proc.stdout
+
