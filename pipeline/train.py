@@ -27,6 +27,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     from data.loader import TokenBatchLoader
     from data.tokenizer import load_tokenizer
+    from pipeline.artifacts import local_copy
     from pipeline.lightning_module import Seq2SeqModule
 
     _quiet_worker_logs()
@@ -37,14 +38,17 @@ def train_func(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    tokenizer = load_tokenizer(config["tokenizer_dir"])
+    # Inputs may be URIs (a remote artifact root): fetched once per node into its own cache.
+    tokenizer = load_tokenizer(local_copy(config["tokenizer_dir"]))
+    train_shards = [local_copy(p) for p in config["train_shards"]]
+    valid_shards = [local_copy(p) for p in config["valid_shards"]]
     model_cfg = cfg.model
     loader_kw = dict(pad_id=model_cfg.pad_id, bos_id=model_cfg.bos_id, eos_id=model_cfg.eos_id, seed=cfg.seed)
     train_loader = TokenBatchLoader(
-        config["train_shards"], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=True, **loader_kw
+        train_shards, max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=True, **loader_kw
     )
     val_loader = TokenBatchLoader(
-        config["valid_shards"], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=False, **loader_kw
+        valid_shards, max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=False, **loader_kw
     )
     module = Seq2SeqModule(
         model_cfg,
@@ -334,7 +338,7 @@ class _ProgressPrinter(_callback_base()):
 def run_training(
     cfg: PipelineConfig,
     *,
-    tokenizer_dir: Path,
+    tokenizer_dir: str,
     train_shards: list[str],
     valid_shards: list[str],
     bleu_sample: list[tuple[list[int], str]],

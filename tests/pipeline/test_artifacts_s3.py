@@ -228,3 +228,32 @@ def test_a_corpus_on_s3_without_s3fs_is_refused_before_ray_starts(tmp_path):
                                    "pip install 'transformer-pipeline[s3]'"), proc.stderr[-2000:]
     assert "ray: started" not in proc.stdout
 
+
+
+def test_workers_read_remote_inputs_through_a_per_node_cache(s3, tmp_path, monkeypatch):
+    """local_copy: a remote file or folder is fetched once per node and version into the node's own
+    cache (never the driver's home); a re-written object gets a fresh entry; local paths pass through."""
+    from pipeline.artifacts import RemoteRoot, local_copy
+
+    monkeypatch.setenv("TPIPE_NODE_CACHE", str(tmp_path / "node-cache"))
+    root = RemoteRoot(s3("cache"))
+    root.fs.create_dir(f"{root.base}/tokenizer/k1/sub", recursive=True)
+    for rel, data in (("tokenizer/k1/vocab.json", b"{}"), ("tokenizer/k1/sub/merges.txt", b"a b\n")):
+        with root.fs.open_output_stream(f"{root.base}/{rel}") as f:
+            f.write(data)
+    folder = Path(local_copy(root.uri_of("tokenizer", "k1")))
+    assert folder.parent == tmp_path / "node-cache"
+    assert (folder / "vocab.json").read_bytes() == b"{}" and (folder / "sub" / "merges.txt").read_bytes() == b"a b\n"
+    one = local_copy(root.uri_of("tokenizer", "k1", "vocab.json"))
+    assert Path(one).read_bytes() == b"{}" and Path(one).name == "vocab.json"
+    os.utime(one, (0, 0))  # a second call reads the cached copy: no new download
+    assert local_copy(root.uri_of("tokenizer", "k1", "vocab.json")) == one and os.stat(one).st_mtime == 0
+    time.sleep(1.1)  # S3 modification times have a one-second resolution
+    with root.fs.open_output_stream(f"{root.base}/tokenizer/k1/vocab.json") as f:
+        f.write(b'{"a": 1}')
+    again = local_copy(root.uri_of("tokenizer", "k1", "vocab.json"))
+    assert again != one and Path(again).read_bytes() == b'{"a": 1}' and Path(one).read_bytes() == b"{}"
+    assert local_copy(str(tmp_path / "x.parquet")) == str(tmp_path / "x.parquet")
+    with pytest.raises(FileNotFoundError, match="tokenizer/none"):
+        local_copy(root.uri_of("tokenizer", "none"))
+    assert not list((tmp_path / "node-cache").glob(".*tmp*"))
