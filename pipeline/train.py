@@ -379,7 +379,8 @@ def run_training(
         scaling_config=ScalingConfig(
             num_workers=tcfg.num_workers,
             use_gpu=tcfg.use_gpu,
-            resources_per_worker={"CPU": tcfg.cpus_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {}),
+            resources_per_worker={"CPU": tcfg.cpus_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {})
+            | ({tcfg.node_resource: 1} if tcfg.node_resource else {}),
         ),
         torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
         run_config=RunConfig(

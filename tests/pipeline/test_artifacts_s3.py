@@ -9,59 +9,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
-from pipeline_testlib import fresh_ray, tpipe_home
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipeline_testlib import free_port, fresh_ray, moto_s3, tpipe_home
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 with one bucket; yields a function making artifact-root URIs."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="tpipe-test", AWS_SECRET_ACCESS_KEY="tpipe-test", AWS_DEFAULT_REGION="us-east-1")
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                requests.get(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"moto_server did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.2)
-        requests.put(f"http://127.0.0.1:{port}/tpipe-artifacts", timeout=10).raise_for_status()  # the bucket
-
-        def uri(prefix: str) -> str:
-            return f"s3://tpipe-artifacts/{prefix}?endpoint_override=127.0.0.1:{port}&scheme=http"
-
+    with moto_s3(tmp_path_factory.mktemp("moto")) as uri:
         yield uri
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _listing(uri: str) -> dict[str, bytes]:
@@ -161,7 +122,7 @@ def test_a_local_output_missing_remotely_is_uploaded_on_reuse(s3, tmp_path):
 
 def test_unreachable_root_is_refused_before_anything_starts(tmp_path, monkeypatch):
     """A root that cannot be listed stops `tpipe run` at once, naming the key and the URI."""
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("TPIPE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
