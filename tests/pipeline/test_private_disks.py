@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 import pytest
-from pipeline_testlib import moto_s3, tpipe_home
+from pipeline_testlib import free_port, moto_s3, tpipe_home
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,7 +38,8 @@ def private_nodes(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
         if ray.is_initialized():  # another folder's session-wide Ray
             ray.shutdown()
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "dashboard_host": "127.0.0.1"})
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "dashboard_host": "127.0.0.1",
+                                                                "dashboard_port": free_port()})
         nodes = []
         try:
             for i in range(2):
