@@ -41,6 +41,13 @@ def _can_mask() -> bool:
         return False
 
 
+def _launch(cmd: list[str], env: dict[str, str], scratch: Path):
+    import subprocess
+
+    with open(scratch / "ray-start.log", "ab") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 @pytest.fixture(scope="module")
 def private_nodes(tmp_path_factory):
     """(driver's folder, artifact root URI, node ids and scratch folders of the two training nodes).
@@ -66,7 +73,7 @@ def private_nodes(tmp_path_factory):
             ray.shutdown()
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "dashboard_host": "127.0.0.1",
                                                                 "dashboard_port": free_port()})
-        procs, scratches = [], []
+        procs, scratches, launches, started = [], [], [], []
         try:
             ray.init(address=cluster.address)
             for i in range(2):
@@ -79,23 +86,29 @@ def private_nodes(tmp_path_factory):
                 cmd = (["unshare", "-m", "--propagation", "private", "sh", "-c",
                         f"mount -t tmpfs tmpfs {shlex.quote(str(driver))} && exec {start}"] if mask
                        else ["sh", "-c", f"exec {start}"])
-                with open(scratch / "ray-start.log", "wb") as log:
-                    procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                  start_new_session=True))
+                launches.append((cmd, env, scratch))
+                procs.append(_launch(cmd, env, scratch))
+                started.append(procs[-1])
                 scratches.append(scratch)
-            deadline = time.time() + 300
+            deadline = time.time() + 400
             while len(trainers := [n for n in ray.nodes() if n["Alive"] and "trainer" in n["Resources"]]) < 2:
                 assert time.time() < deadline, [(s / "ray-start.log").read_text()[-2000:] for s in scratches]
+                for i, proc in enumerate(procs):
+                    if proc.poll() is not None:  # `ray start` gives a raylet 30 s to register: a loaded machine misses it
+                        procs[i] = _launch(*launches[i])
+                        started.append(procs[i])
                 time.sleep(1)
             yield driver, s3("private-disks"), [n["NodeID"] for n in trainers], scratches
         finally:
             ray.shutdown()
-            for proc in procs:  # only the `ray start` groups we started; never `ray stop`
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=30)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    os.killpg(proc.pid, signal.SIGKILL)
+            for proc in started:  # only the `ray start` groups we started (a failed one may leave a raylet); never `ray stop`
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    try:
+                        os.killpg(proc.pid, sig)
+                        time.sleep(3)
+                    except ProcessLookupError:
+                        break
+                proc.wait(timeout=30)
             cluster.shutdown()
             os.environ.pop("MLFLOW_TRACKING_URI", None)
 
