@@ -15,7 +15,7 @@ import glob
 import os
 
 from data.config import DataConfig
-from data.io import DataError, compression_of, is_remote, local_path, open_binary
+from data.io import DataError, check_filesystems, compression_of, is_remote, local_path, open_binary
 from data.sources import LINE_FORMATS, Unit, check_overlap, detect_format, moses_pairs, read_batches
 
 HEAD_BYTES = 1 << 16  # how much of each file is read: enough for a few hundred lines
@@ -30,6 +30,7 @@ def check_inputs(cfg: DataConfig) -> None:
     files_of: dict[str, list[str]] = {}
     for key, attr in _KEYS:
         patterns = getattr(cfg, attr)
+        check_filesystems(patterns, key)  # an s3:// corpus without s3fs: named here, not a minute into a Ray task
         if patterns:
             files_of[key] = _files(patterns, key, cfg)
     check_overlap(files_of)

@@ -196,3 +196,31 @@ def file_lock(path: str, *, wait: bool = True, on_wait: Any = None) -> Iterator[
             yield f
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# The fsspec package behind each object-store scheme, and the extra of this project that brings it.
+FSSPEC_EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
+
+
+def check_filesystems(patterns: list[str], key: str) -> None:
+    """Fail at once, naming the URI, when fsspec cannot open its scheme on this machine.
+
+    Input files are read through fsspec (open_binary, expand_paths), which imports a scheme's
+    package (s3fs, gcsfs, ...) only on first use: inside a Ray task, a minute into the run.
+    Example: check_filesystems(["s3://b/train.tsv"], "data.paths") without s3fs installed raises
+    DataError("data.paths: s3://b/train.tsv needs s3fs, which is not installed: pip install 'transformer-pipeline[s3]'").
+    """
+    import fsspec
+
+    for pattern in patterns:
+        if not is_remote(pattern):
+            continue
+        scheme = pattern.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except ImportError as e:
+            package, extra = FSSPEC_EXTRAS.get(scheme, (None, None))
+            how = f"{package}, which is not installed: pip install 'transformer-pipeline[{extra}]'" if extra else str(e)
+            raise DataError(f"{key}: {pattern} needs {how}") from None
+        except ValueError:
+            raise DataError(f"{key}: {pattern}: no filesystem for {scheme}:// (fsspec knows none by that name)") from None

@@ -38,6 +38,10 @@ class TrainConfig:
     num_workers: int = field(default=2, metadata={"min": 1, "help": "DDP workers (Ray Train actors)"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker; nccl instead of gloo"})
     cpus_per_worker: float = field(default=1.0, metadata={"min": 0.0, "help": "CPUs Ray reserves per worker"})
+    node_resource: str = field(
+        default="", metadata={"help": "a custom Ray resource (`ray start --resources`) each worker asks one unit of, "
+                                      "to keep training on the nodes that offer it; empty: none"}
+    )
     max_steps: int = field(default=2000, metadata={"min": 1, "help": "optimizer steps in total"})
     max_tokens: int = field(
         default=2048, metadata={"min": 16, "help": "tokens (source + target, padded) per batch per worker"}

@@ -98,15 +98,17 @@ def train(ctx: StepContext) -> dict[str, Any]:
     if "train.max_steps" not in mlflow.get_run(run.info.run_id).data.params:
         log_dict_params(cfg.to_dict())
     mlflow.set_tags({"tpipe.tokenizer_fingerprint": tok.fingerprint})
+    # Workers read the tokenizer and shards from where they are stored (the URIs of a remote root:
+    # a worker's machine may not share this one's disk); the BLEU sample travels as data.
     metrics = run_training(
         cfg,
-        tokenizer_dir=tok_dir,
-        train_shards=token_shards(ctx.input_dir("encode"), "train"),
-        valid_shards=token_shards(ctx.input_dir("encode"), "valid"),
+        tokenizer_dir=ctx.input_location("tokenizer"),
+        train_shards=_shard_locations(ctx, "train"),
+        valid_shards=_shard_locations(ctx, "valid"),
         bleu_sample=bleu_sample,
         tracking_uri=mlflow.get_tracking_uri(),
         mlflow_run_id=run.info.run_id,
-        storage_path=cfg.train.storage_path or str(ctx.run.artifacts.parent / "ray_results"),
+        storage_path=cfg.train.storage_path or _default_storage_path(ctx),
         name=f"train-{ctx.final_dir.name}",
         out_dir=ctx.out_dir,
     )
@@ -133,6 +135,19 @@ def train(ctx: StepContext) -> dict[str, Any]:
         "samples/validation_translations.json",
     )
     return {"mlflow_run_id": run.info.run_id, "metrics": metrics, "parameters": n_params}
+
+
+def _shard_locations(ctx: StepContext, split: str) -> list[str]:
+    """A split's token shards as training workers open them (URIs when the artifact root is remote)."""
+    encode_dir = ctx.input_dir("encode")
+    return [ctx.input_location("encode", Path(p).relative_to(encode_dir).as_posix()) for p in token_shards(encode_dir, split)]
+
+
+def _default_storage_path(ctx: StepContext) -> str:
+    """Ray Train's checkpoints: beside the artifact root, on it when it is remote (every node reaches it)."""
+    if ctx.run.remote is not None:
+        return ctx.run.remote.uri_of("ray_results")
+    return str(ctx.run.artifacts.parent / "ray_results")
 
 
 def _split_texts(shards: list[str], split: str, limit: int | None = None) -> list[tuple[str, str]]:

@@ -54,10 +54,88 @@ def tracking_uri_for_cluster(address: str, configured: str | None) -> str:
     return uri
 
 
+def ray_token() -> tuple[str | None, str]:
+    """The Ray cluster token as Ray's own clients find it, and where it came from.
+
+    Ray's loader is asked directly (ignoring RAY_AUTH_MODE, which only decides whether Ray's client
+    sends it unasked), so the order is Ray's: RAY_AUTH_TOKEN, then the file at RAY_AUTH_TOKEN_PATH
+    (an error when set but unreadable), then ~/.ray/auth_token.
+    """
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.exceptions import AuthenticationError
+
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    source = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN")
+              else f"RAY_AUTH_TOKEN_PATH={path}" if path else str(Path.home() / ".ray" / "auth_token"))
+    try:
+        token = AuthenticationTokenLoader.instance().get_raw_token(ignore_auth_mode=True)
+    except AuthenticationError:
+        raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path} cannot be read or is empty; point it at the file "
+                          "holding the cluster's token") from None
+    return token or None, source
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, naming the address, when nothing listens there (before Ray's clients, which
+    retry for half a minute and log from C++ for an address they take for a GCS)."""
+    import socket
+
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    except ValueError:
+        raise SubmitError(f"{address} is not a cluster address; the job API is http://HEAD:8265") from None
+    if not url.hostname or port is None:
+        return  # "auto", ray://...: left to Ray
+    try:
+        socket.create_connection((url.hostname, port), timeout=10).close()
+    except OSError as e:
+        raise SubmitError(f"cannot reach a Ray job API at {address} ({e.strerror or e}): is the head running "
+                          "and its port (8265 by default) forwarded?") from None
+
+
 def client(address: str):
+    """A job-API client for the cluster at `address`.
+
+    A cluster with token authentication answers 401 to a request without the token; only then is
+    the token looked up (ray_token) and sent, so a token is never handed to a cluster that did not
+    ask for one (Ray's own client sends it unasked under RAY_AUTH_MODE=token). Every failure to
+    connect is one SubmitError naming the address.
+    """
+    import logging
+
+    from ray.exceptions import AuthenticationError, RpcError
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    # Ray warns on its own when RAY_AUTH_MODE=token and no token is found; the SubmitError below says it.
+    logging.getLogger("ray._private.authentication.http_token_authentication").setLevel(logging.ERROR)
+    _check_reachable(address)
+    source = None
+    try:
+        try:
+            return JobSubmissionClient(address)
+        except AuthenticationError as e:
+            token, source = ray_token()
+            if token is None:
+                raise SubmitError(
+                    f"the Ray cluster at {address} requires a token and none was found: set RAY_AUTH_TOKEN "
+                    "(or RAY_AUTH_TOKEN_PATH to a file holding it; default ~/.ray/auth_token); "
+                    "`ray get-auth-token` on the head prints it"
+                ) from None
+            if not e.message.startswith("Authentication required"):  # 403: Ray's client sent a wrong token
+                raise
+            return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+    except SubmitError:
+        raise
+    except AuthenticationError:
+        raise SubmitError(f"the Ray cluster at {address} refused the token from {source}; "
+                          "set RAY_AUTH_TOKEN to the cluster's token") from None
+    except (ConnectionError, RpcError):  # RpcError: an address without http:// is taken for Ray's GCS
+        hint = "" if "://" in address else f" (as a GCS address; the job API is http://{address.split(':')[0]}:8265)"
+        raise SubmitError(f"cannot reach a Ray job API at {address}{hint}: is the head running and the port "
+                          "(8265 by default) forwarded?") from None
+    except RuntimeError as e:  # Ray's version check: something answered, but not a Ray job API
+        raise SubmitError(f"{address} does not answer as a Ray job API: {str(e).splitlines()[0]}") from None
 
 
 def submit(address: str, items: list[str], *, tracking_uri: str | None = None, run_args: list[str] = ()) -> str:

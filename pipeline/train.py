@@ -35,6 +35,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     from data.loader import TokenBatchLoader
     from data.tokenizer import load_tokenizer
+    from pipeline.artifacts import local_copy
     from pipeline.lightning_module import Seq2SeqModule
 
     _quiet_worker_logs()
@@ -49,12 +50,13 @@ def train_func(config: dict[str, Any]) -> None:
     loader_kw = dict(pad_id=model_cfg.pad_id, bos_id=model_cfg.bos_id, eos_id=model_cfg.eos_id, seed=cfg.seed)
     error = None
     try:  # a user's error here is the same on every attempt: report it once, never retry it
-        tokenizer = load_tokenizer(config["tokenizer_dir"])
+        # Inputs may be URIs (a remote artifact root): fetched once per node into its own cache.
+        tokenizer = load_tokenizer(local_copy(config["tokenizer_dir"]))
         train_loader = TokenBatchLoader(
-            config["train_shards"], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=True, **loader_kw
+            [local_copy(p) for p in config["train_shards"]], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=True, **loader_kw
         )
         val_loader = TokenBatchLoader(
-            config["valid_shards"], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=False, **loader_kw
+            [local_copy(p) for p in config["valid_shards"]], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=False, **loader_kw
         )
         len(train_loader), len(val_loader)  # the epoch plans: a split that cannot be cut fails here
     except UserError as e:
@@ -438,7 +440,7 @@ def fit_in_a_thread(trainer):
 def run_training(
     cfg: PipelineConfig,
     *,
-    tokenizer_dir: Path,
+    tokenizer_dir: str,
     train_shards: list[str],
     valid_shards: list[str],
     bleu_sample: list[tuple[list[int], str]],
@@ -479,7 +481,8 @@ def run_training(
         scaling_config=ScalingConfig(
             num_workers=tcfg.num_workers,
             use_gpu=tcfg.use_gpu,
-            resources_per_worker={"CPU": tcfg.cpus_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {}),
+            resources_per_worker={"CPU": tcfg.cpus_per_worker} | ({"GPU": 1} if tcfg.use_gpu else {})
+            | ({tcfg.node_resource: 1} if tcfg.node_resource else {}),
         ),
         torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
         run_config=RunConfig(

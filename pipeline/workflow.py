@@ -80,6 +80,14 @@ class StepContext:
     def input_dir(self, step: str) -> Path:
         return self.inputs[step].out_dir
 
+    def input_location(self, step: str, rel: str = "") -> str:
+        """Where another process opens an input's file or folder: its URI on a remote artifact root
+        (a Ray worker may run on a machine without this one's disk), else its local path."""
+        result = self.inputs[step]
+        if self.run.remote is not None:
+            return self.run.remote.uri_of(step, result.key, rel)
+        return str(result.out_dir / rel) if rel else str(result.out_dir)
+
 
 @dataclass
 class Step:

@@ -275,3 +275,19 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_first_record(tmp_path, name, 
     records = [(s, t, r) for _, s, t, r in read_unit(unit, cfg)]
     assert records[-1][:2] in ((b"hello", b"hallo"), ("hello", "hallo"))
     assert name != "c.tsv" or records[0][2] == "header"  # 'en<TAB>de' is still seen as the header
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("gs://corpus/a.tsv", "data.test_paths: gs://corpus/a.tsv needs gcsfs, which is not installed: pip install 'transformer-pipeline[gcs]'"),
+    ("nosuch://corpus/a.tsv", "data.test_paths: nosuch://corpus/a.tsv: no filesystem for nosuch://"),
+])
+def test_every_unopenable_scheme_is_named(uri, message, monkeypatch):
+    import sys
+
+    from data.io import check_filesystems
+
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # import gcsfs fails, installed or not
+    check_filesystems(["/local/file.tsv", "file:///x.tsv", "memory://x.tsv"], "data.paths")  # fine
+    with pytest.raises(DataError) as e:
+        check_filesystems(["/local/file.tsv", uri], "data.test_paths")
+    assert str(e.value).startswith(message)

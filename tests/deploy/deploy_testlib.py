@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 DEPLOY = REPO / "deploy"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 # Where schemas/vendor_kuberay.py cut an embedded pod template out of KubeRay's CRD schemas.
@@ -146,3 +155,70 @@ def read_ini(path: Path) -> configparser.ConfigParser:
     cp = configparser.ConfigParser()
     cp.read(path)
     return cp
+
+
+# ---- processes of the rehearsal: servers and Ray heads on 127.0.0.1 ------------------------
+# Variables of the developer's shell that would change what the servers and clients do.
+SCRUBBED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+            "MLFLOW_AUTH_CONFIG_PATH", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    # As with an activated virtualenv: a Ray job's entrypoint runs `python` from the PATH.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group we started (start_new_session=True), then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@contextmanager
+def start_ray_head(env: dict[str, str], num_cpus: int = 2) -> Iterator[tuple[str, Path]]:
+    """A `ray start --head` on 127.0.0.1 with `env`; yields (job API address, its temp dir).
+
+    Stopped by its process group on exit: `ray stop` would stop every Ray on this machine.
+    """
+    # A short temp dir: Ray's unix socket paths must stay under 107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
+    dash_port = free_port()
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+           "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+           "--num-cpus", str(num_cpus), "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+        yield f"http://127.0.0.1:{dash_port}", temp_dir
+    finally:
+        stop_group(proc)
+        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)

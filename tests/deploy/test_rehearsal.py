@@ -17,13 +17,10 @@ which Ray logs.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -32,55 +29,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploy_testlib import DEPLOY, REPO, read_ini
+from deploy_testlib import BIN, DEPLOY, REPO, clean_env, free_port, read_ini, start_ray_head, stop_group
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
 ADMIN = "admin"
 CLIENT_USER = "tpipe-ci"
 SEARCH = "/api/2.0/mlflow/experiments/search"
-# Variables of the developer's shell that would change what the servers and clients do.
-SCRUBBED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-            "MLFLOW_AUTH_CONFIG_PATH", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-    # As with an activated virtualenv: a Ray job's entrypoint runs `python` from the PATH.
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the process group we started (start_new_session=True), then SIGKILL what is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + grace_s
-    while time.time() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -341,27 +296,13 @@ class RayHead:
 
 @pytest.fixture(scope="module")
 def ray_head(mlflow_server) -> RayHead:
-    # A short temp dir: Ray's unix socket paths must stay under 107 bytes.
-    temp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
-    token = secrets.token_hex(32)
-    dash_port = free_port()
     # The cluster's side holds the MLflow login, as the Ray pods do; every Ray worker, the job's
     # driver included, inherits it from the raylet.
+    token = secrets.token_hex(32)
     env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, MLFLOW_TRACKING_USERNAME=CLIENT_USER,
                     MLFLOW_TRACKING_PASSWORD=mlflow_server.client_password)
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-           "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
-           "--num-cpus", "2", "--temp-dir", str(temp_dir), "--disable-usage-stats"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=180)
-        assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
-        yield RayHead(f"http://127.0.0.1:{dash_port}", token, temp_dir)
-    finally:
-        # `ray stop` would stop every Ray on this machine; end only the processes we started.
-        stop_group(proc)
-        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
+    with start_ray_head(env) as (address, temp_dir):
+        yield RayHead(address, token, temp_dir)
 
 
 def submit_env(mlflow_server, ray_head, home: Path, **extra: str) -> dict[str, str]:

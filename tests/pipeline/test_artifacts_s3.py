@@ -9,59 +9,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
-from pipeline_testlib import fresh_ray, tpipe_home
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipeline_testlib import free_port, fresh_ray, moto_s3, tpipe_home
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 with one bucket; yields a function making artifact-root URIs."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="tpipe-test", AWS_SECRET_ACCESS_KEY="tpipe-test", AWS_DEFAULT_REGION="us-east-1")
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                requests.get(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"moto_server did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.2)
-        requests.put(f"http://127.0.0.1:{port}/tpipe-artifacts", timeout=10).raise_for_status()  # the bucket
-
-        def uri(prefix: str) -> str:
-            return f"s3://tpipe-artifacts/{prefix}?endpoint_override=127.0.0.1:{port}&scheme=http"
-
+    with moto_s3(tmp_path_factory.mktemp("moto")) as uri:
         yield uri
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _listing(uri: str) -> dict[str, bytes]:
@@ -161,7 +122,7 @@ def test_a_local_output_missing_remotely_is_uploaded_on_reuse(s3, tmp_path):
 
 def test_unreachable_root_is_refused_before_anything_starts(tmp_path, monkeypatch):
     """A root that cannot be listed stops `tpipe run` at once, naming the key and the URI."""
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("TPIPE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
@@ -210,3 +171,50 @@ def test_pipeline_on_s3_is_reused_by_a_second_home(s3, tmp_path, monkeypatch):
     checkpoints = [k for k in _listing(uri.replace("/pipeline?", "/ray_results?")) if k.endswith("checkpoint.ckpt")]
     assert checkpoints, "no training checkpoint reached s3://tpipe-artifacts/ray_results"
     shutil.rmtree(tmp_path / "home-a")
+
+
+def test_a_corpus_on_s3_without_s3fs_is_refused_before_ray_starts(tmp_path):
+    """data.paths goes through fsspec, which needs s3fs for s3://: its absence is one line naming the
+    URI and the extra to install, before Ray starts (it was a 67-line traceback from a Ray task)."""
+    hidden = tmp_path / "hidden" / "s3fs"  # as on a machine without s3fs, whatever this venv holds
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('No module named s3fs')\n")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TPIPE_HOME": str(tmp_path / "home"), "PYTHONPATH": f"{repo}{os.pathsep}{hidden.parent}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "smoke", "data.source=files",
+                           "data.paths=[s3://corpus/train.*.tsv]"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == ("tpipe: data.paths: s3://corpus/train.*.tsv needs s3fs, which is not installed: "
+                                   "pip install 'transformer-pipeline[s3]'"), proc.stderr[-2000:]
+    assert "ray: started" not in proc.stdout
+
+
+
+def test_workers_read_remote_inputs_through_a_per_node_cache(s3, tmp_path, monkeypatch):
+    """local_copy: a remote file or folder is fetched once per node and version into the node's own
+    cache (never the driver's home); a re-written object gets a fresh entry; local paths pass through."""
+    from pipeline.artifacts import RemoteRoot, local_copy
+
+    monkeypatch.setenv("TPIPE_NODE_CACHE", str(tmp_path / "node-cache"))
+    root = RemoteRoot(s3("cache"))
+    root.fs.create_dir(f"{root.base}/tokenizer/k1/sub", recursive=True)
+    for rel, data in (("tokenizer/k1/vocab.json", b"{}"), ("tokenizer/k1/sub/merges.txt", b"a b\n")):
+        with root.fs.open_output_stream(f"{root.base}/{rel}") as f:
+            f.write(data)
+    folder = Path(local_copy(root.uri_of("tokenizer", "k1")))
+    assert folder.parent == tmp_path / "node-cache"
+    assert (folder / "vocab.json").read_bytes() == b"{}" and (folder / "sub" / "merges.txt").read_bytes() == b"a b\n"
+    one = local_copy(root.uri_of("tokenizer", "k1", "vocab.json"))
+    assert Path(one).read_bytes() == b"{}" and Path(one).name == "vocab.json"
+    os.utime(one, (0, 0))  # a second call reads the cached copy: no new download
+    assert local_copy(root.uri_of("tokenizer", "k1", "vocab.json")) == one and os.stat(one).st_mtime == 0
+    time.sleep(1.1)  # S3 modification times have a one-second resolution
+    with root.fs.open_output_stream(f"{root.base}/tokenizer/k1/vocab.json") as f:
+        f.write(b'{"a": 1}')
+    again = local_copy(root.uri_of("tokenizer", "k1", "vocab.json"))
+    assert again != one and Path(again).read_bytes() == b'{"a": 1}' and Path(one).read_bytes() == b"{}"
+    assert local_copy(str(tmp_path / "x.parquet")) == str(tmp_path / "x.parquet")
+    with pytest.raises(FileNotFoundError, match="tokenizer/none"):
+        local_copy(root.uri_of("tokenizer", "none"))
+    assert not list((tmp_path / "node-cache").glob(".*tmp*"))

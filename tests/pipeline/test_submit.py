@@ -44,3 +44,28 @@ def test_cli_refuses_bad_config_before_contacting_a_cluster(tmp_path):
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TPIPE_HOME": str(tmp_path / "h")},
     )
     assert proc.returncode == 2 and "train.max_steps: -1 is below the minimum 1" in proc.stderr
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:{port}", "127.0.0.1:{port}"])
+def test_an_unreachable_address_is_one_line_naming_it(address, tmp_path):
+    """Nothing listens there: one line naming the address, in seconds (a bare host:port is what Ray
+    takes for a GCS address, which its client retries for half a minute, logging from C++)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = address.format(port=s.getsockname()[1])  # closed again: nothing listens there
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "jobs", "list", "--address", address],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TPIPE_HOME": str(tmp_path / "h")},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"tpipe: cannot reach a Ray job API at {address} (Connection refused): is the head " \
+                                  "running and its port (8265 by default) forwarded?"
+    assert time.perf_counter() - t0 < 20
