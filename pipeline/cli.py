@@ -55,11 +55,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_config(args) -> int:
-    if args.keys:
-        for key, default, help_ in describe():
-            print(f"{key:36s} {default:>14s}  {help_}")
+    cfg = _load(args)
+    if args.keys:  # the values of this config (defaults, the named config and the overrides applied)
+        for key, value, help_ in describe(cfg):
+            print(f"{key:36s} {value:>14s}  {help_}")
         return 0
-    print(_load(args).to_yaml(), end="")
+    print(cfg.to_yaml(), end="")
     return 0
 
 
@@ -239,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     c.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
-    c.add_argument("--keys", action="store_true", help="list every config key, its default and what it means")
+    c.add_argument("--keys", action="store_true", help="list every config key, its value in this config and what it means")
     c.set_defaults(func=cmd_config)
 
     s = sub.add_parser("status", help="steps of a pipeline run (the latest by default)")
