@@ -70,13 +70,11 @@ def cmd_status(args) -> int:
     runs_dir = Home.resolve().runs
     runs = sorted(runs_dir.glob("*/state.json"), key=lambda p: p.stat().st_mtime) if runs_dir.exists() else []
     if not runs:
-        print(f"no pipeline runs under {runs_dir}")
-        return 1
+        raise UserError(f"no pipeline runs under {runs_dir}")
     if args.run:
         picked = [p for p in runs if p.parent.name.startswith(args.run)]
         if not picked:
-            print(f"no run named {args.run}*; runs: {', '.join(p.parent.name for p in runs)}", file=sys.stderr)
-            return 2
+            raise UserError(f"no run named {args.run}*; runs: {', '.join(p.parent.name for p in runs)}")
         state_file = picked[-1]
     else:
         state_file = runs[-1]
@@ -105,7 +103,15 @@ def cmd_translate(args) -> int:
     _setup_tracking()
     import mlflow
 
-    model = mlflow.pyfunc.load_model(args.model_uri)
+    from pipeline.registry import ModelNotFound, resolve_model_uri
+
+    if args.model_uri.startswith("models:/"):
+        resolve_model_uri(args.model_uri)  # one line naming the URI, not MLflow's traceback
+    elif "://" not in args.model_uri and not os.path.isdir(args.model_uri):
+        raise ModelNotFound(f"{args.model_uri}: no such model folder (or give models:/NAME@ALIAS)")
+    # suppress_warnings: no comparison of the model's pinned requirements with every installed
+    # distribution (a scan of site-packages, ~10% of a cold translate), no advice lines on stderr.
+    model = mlflow.pyfunc.load_model(args.model_uri, suppress_warnings=True)
     texts = args.text or [line.rstrip("\n") for line in sys.stdin]
     for src, hyp in zip(texts, model.predict(texts)):
         print(f"{src}\t{hyp}")
@@ -113,17 +119,23 @@ def cmd_translate(args) -> int:
 
 
 def _read_tsv(path: str) -> list[tuple[str, str]]:
+    from data.io import DataError
+
     pairs = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.rstrip("\n").split("\t")
             if len(parts) < 2:
-                raise SystemExit(f"tpipe: {path} line {n}: expected 'source<TAB>reference', got {len(parts)} field(s)")
+                raise DataError(f"{path} line {n}: expected 'source<TAB>reference', got {len(parts)} field(s)")
             pairs.append((parts[-2], parts[-1]))
     return pairs
 
 
 def cmd_evaluate(args) -> int:
+    if args.data and not os.path.isfile(args.data):  # before MLflow is imported
+        from data.io import DataError
+
+        raise DataError(f"--data {args.data}: no such file")
     _setup_tracking()
     from pipeline.evaluate import (
         evaluate_pyfunc, record_evaluation, resolve_version, split_pairs_of_version,
@@ -131,6 +143,8 @@ def cmd_evaluate(args) -> int:
     from pipeline.registry import promote_if_better
 
     name, version = resolve_version(args.model_uri)
+    if args.compare:
+        resolve_version(args.compare)  # a wrong --compare is refused before any scoring
     if args.data:
         pairs, data = _read_tsv(args.data), args.data
     else:
@@ -202,7 +216,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    import subprocess
+    import socket
 
     from pipeline.home import Home
 
@@ -211,12 +225,58 @@ def cmd_ui(args) -> int:
     if not uri.startswith("sqlite:"):
         print(f"the tracking store is a server: open {uri}")
         return 0
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", args.port))
+        except OSError:
+            raise UserError(f"port {args.port} on 127.0.0.1 is in use; give a free one with --port") from None
     cmd = [
         sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
         "--default-artifact-root", str(home.mlflow_artifacts), "--host", "127.0.0.1", "--port", str(args.port),
     ]
-    print(" ".join(cmd))
-    return subprocess.call(cmd)
+    print(" ".join(cmd), flush=True)
+    return run_process_group(cmd)
+
+
+def run_process_group(cmd: list[str]) -> int:
+    """Run `cmd` in a process group of its own and stop the whole group when this process stops.
+
+    `mlflow ui` starts server workers; a signal to tpipe alone would leave them running. SIGINT,
+    SIGTERM and SIGHUP are forwarded to the group as SIGTERM (SIGKILL after 10 s), and the group is
+    cleared however the command ends.
+    """
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    stopped_by: list[int] = []
+
+    def forward(signum, frame):
+        stopped_by.append(signum)
+        _signal_group(proc.pid, signal.SIGTERM)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    deadline = None
+    try:
+        while (code := proc.poll()) is None:
+            if stopped_by and deadline is None:
+                deadline = time.monotonic() + 10
+            if deadline is not None and time.monotonic() > deadline:
+                _signal_group(proc.pid, signal.SIGKILL)
+            time.sleep(0.2)
+    finally:
+        _signal_group(proc.pid, signal.SIGTERM)  # workers left behind by a server that exited
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 128 + stopped_by[0] if stopped_by else code
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="State lives under $TPIPE_HOME (default ./.tpipe); MLFLOW_TRACKING_URI overrides the MLflow store.",
     )
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one line")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show the libraries' own output (Ray, MLflow, Lightning) on the terminal; by default "
+                        "tpipe run writes it to tpipe.log in the run folder")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     items_help = "an optional config (a name in conf/ such as 'default' or 'smoke', or a .yaml path) then key.sub=value overrides"
@@ -299,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:  # MLflow's INFO lines (table creation, "Created version") are not tpipe's output
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -89,19 +89,10 @@ METRICS = ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perple
 
 
 def resolve_version(model_uri: str) -> tuple[str, int]:
-    """models:/NAME/VERSION or models:/NAME@ALIAS -> (NAME, VERSION)."""
-    from mlflow import MlflowClient
+    """models:/NAME/VERSION or models:/NAME@ALIAS -> (NAME, VERSION); ModelNotFound (one line) if none."""
+    from pipeline.registry import resolve_model_uri
 
-    if not model_uri.startswith("models:/"):
-        raise ValueError(f"{model_uri!r} is not a registered model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
-    rest = model_uri[len("models:/"):]
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, int(MlflowClient().get_model_version_by_alias(name, alias).version)
-    name, _, version = rest.rpartition("/")
-    if not name or not version.isdigit():
-        raise ValueError(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    return name, int(version)
+    return resolve_model_uri(model_uri)
 
 
 def step_keys_of_version(name: str, version: int) -> dict[str, str]:

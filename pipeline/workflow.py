@@ -28,10 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.errors import UserError
 from pipeline.artifacts import RemoteRoot
 from pipeline.config import PipelineConfig
 
 MARKER = "_COMPLETE.json"
+
+
+class UnknownStep(UserError, ValueError):
+    """--from / --until names no step of the pipeline."""
+
 _CODE_PACKAGES = ("data", "model", "pipeline")
 
 
@@ -112,7 +118,7 @@ class PipelineRun:
         names = [s.name for s in self.steps]
         for n in (from_step, until_step):
             if n is not None and n not in names:
-                raise ValueError(f"unknown step '{n}'; steps are: {', '.join(names)}")
+                raise UnknownStep(f"unknown step '{n}'; steps are: {', '.join(names)}")
         start = names.index(from_step) if from_step else 0
         stop = names.index(until_step) if until_step else len(names) - 1
         for i, step in enumerate(self.steps[: stop + 1]):

@@ -323,12 +323,15 @@ class BPETokenizer(Tokenizer):
     # ---- files -------------------------------------------------------------------------------
 
     def save(self, out_dir: str | Path) -> Path:
-        """vocab.json, merges.txt, tokenizer.json (Hugging Face) and tpipe_tokenizer.json, each written atomically."""
+        """vocab.json, merges.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json (Hugging
+        Face) and tpipe_tokenizer.json, each written atomically."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "vocab.json", dumps_vocab(self.tokens))
         write_atomic(out / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
         write_atomic(out / "tokenizer.json", json.dumps(self.hf_json(), ensure_ascii=False, indent=1) + "\n")
+        for name, content in hf_special_token_files(self.special_tokens).items():
+            write_atomic(out / name, json.dumps(content, ensure_ascii=False, indent=1) + "\n")
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
@@ -544,3 +547,17 @@ def _check_layout(tok: BPETokenizer, vocab_path: Path) -> None:
         raise TokenizerFileError(
             f"{vocab_path}: {len(tok.tokens)} tokens but merges.txt makes {len(derived)}; edited after saving?"
         )
+
+
+def hf_special_token_files(special_tokens: list[str]) -> dict[str, dict[str, Any]]:
+    """tokenizer_config.json and special_tokens_map.json, so that `transformers.AutoTokenizer` knows
+    which added tokens pad, begin and end (and are unknown):
+
+    ['<pad>', '<s>', '</s>', '<unk>', '<x>'] -> {'pad_token': '<pad>', 'bos_token': '<s>',
+    'eos_token': '</s>', 'unk_token': '<unk>', 'additional_special_tokens': ['<x>']}
+    """
+    roles = dict(zip(("pad_token", "bos_token", "eos_token", "unk_token"), special_tokens))
+    if special_tokens[4:]:
+        roles["additional_special_tokens"] = list(special_tokens[4:])
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **roles}
+    return {"tokenizer_config.json": config, "special_tokens_map.json": roles}
