@@ -13,7 +13,7 @@ counted under exactly one reject reason; `data_report.json` states input = kept 
 
 encode_shards runs one task per raw shard: tokenize, drop sides over max_tokens_per_side, write
 list<int32> id columns per split. Both steps write files atomically (temporary name, then
-os.replace), write manifest.json last, and reuse earlier output whose inputs and settings match.
+os.replace), write the manifest (`_manifest.json`) last, and reuse earlier output whose inputs and settings match.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from data.config import DataConfig
 from data.faults import maybe_kill
 from data.io import (
+    MANIFEST,
     DataError,
     atomic_path,
     file_identity,
@@ -381,7 +382,7 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     units = plan_units(cfg, seed)
     fingerprint = _raw_fingerprint(cfg, seed, units)
-    manifest_path = os.path.join(out_dir, "manifest.json")
+    manifest_path = os.path.join(out_dir, MANIFEST)
     report_path = os.path.join(out_dir, "data_report.json")
     if os.path.exists(manifest_path) and os.path.exists(report_path):
         old = read_json(manifest_path)
@@ -620,7 +621,7 @@ def encode_shards(
     tokenizer_loader: Callable[[str], Any] | None = None,
     write_rejects: bool = False,
 ) -> dict:
-    """Tokenize every raw shard in its own Ray task; returns the token manifest (also out_dir/manifest.json).
+    """Tokenize every raw shard in its own Ray task; returns the token manifest (also out_dir/_manifest.json).
 
     `tokenizer_loader(dir) -> Tokenizer` defaults to data.tokenizer.load_tokenizer; tests pass a
     stand-in. `write_rejects` also writes the rows rejected for too many tokens to
@@ -628,7 +629,7 @@ def encode_shards(
     config_hash or max_tokens_per_side changed.
     """
     ray = _require_ray()
-    raw_manifest_path = os.path.join(raw_dir, "manifest.json")
+    raw_manifest_path = os.path.join(raw_dir, MANIFEST)
     if not os.path.exists(raw_manifest_path):
         raise FileNotFoundError(f"{raw_manifest_path} does not exist; run prepare_raw_shards first")
     raw_manifest = read_json(raw_manifest_path)
@@ -641,7 +642,7 @@ def encode_shards(
         "format_version": str(FORMAT_VERSION),
     }
     os.makedirs(out_dir, exist_ok=True)
-    manifest_path = os.path.join(out_dir, "manifest.json")
+    manifest_path = os.path.join(out_dir, MANIFEST)
     old_by_raw: dict[str, dict] = {}
     if os.path.exists(manifest_path):
         old = read_json(manifest_path)
@@ -705,5 +706,5 @@ def encode_shards(
 
 def token_files(token_dir: str, split: str) -> list[str]:
     """Absolute paths of a split's token shards, from the manifest, e.g. for TokenBatchLoader."""
-    manifest = read_json(os.path.join(token_dir, "manifest.json"))
+    manifest = read_json(os.path.join(token_dir, MANIFEST))
     return [os.path.join(token_dir, e["file"]) for e in manifest["splits"][split]]

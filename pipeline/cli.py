@@ -100,15 +100,15 @@ def _setup_tracking() -> str:
 
 
 def cmd_translate(args) -> int:
+    from pipeline.registry import ModelNotFound, resolve_model_uri
+
+    if ":/" not in args.model_uri and not os.path.isdir(args.model_uri):  # before MLflow is imported
+        raise ModelNotFound(f"{args.model_uri}: no such model folder (or give models:/NAME@ALIAS)")
     _setup_tracking()
     import mlflow
 
-    from pipeline.registry import ModelNotFound, resolve_model_uri
-
     if args.model_uri.startswith("models:/"):
         resolve_model_uri(args.model_uri)  # one line naming the URI, not MLflow's traceback
-    elif "://" not in args.model_uri and not os.path.isdir(args.model_uri):
-        raise ModelNotFound(f"{args.model_uri}: no such model folder (or give models:/NAME@ALIAS)")
     # suppress_warnings: no comparison of the model's pinned requirements with every installed
     # distribution (a scan of site-packages, ~10% of a cold translate), no advice lines on stderr.
     model = mlflow.pyfunc.load_model(args.model_uri, suppress_warnings=True)
@@ -279,12 +279,22 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-pipeline")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tpipe",
         description="Raw text corpora to a trained, evaluated and registered encoder-decoder Transformer, on Ray and MLflow.",
         epilog="State lives under $TPIPE_HOME (default ./.tpipe); MLFLOW_TRACKING_URI overrides the MLflow store.",
     )
+    p.add_argument("--version", action="version", version=f"tpipe {_version()}")
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one line")
     p.add_argument("--verbose", action="store_true",
                    help="also show the libraries' own output (Ray, MLflow, Lightning) on the terminal; by default "
@@ -326,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("submit", help="submit the pipeline to a Ray cluster as a job",
                         description="Submit `tpipe run [CONFIG] [overrides]` as a Ray job. MLFLOW_TRACKING_URI must be a "
-                                    "tracking server the cluster can reach; credentials are passed as environment variables.")
+                                    "tracking server the cluster can reach. Credentials never travel with the job (Ray logs a "
+                                    "job's environment): the cluster holds its own MLflow login; see docs/cluster.md.")
     sb.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
     sb.add_argument("--address", default=None, help="the cluster's job API, e.g. http://127.0.0.1:8265 (default $RAY_ADDRESS)")
     sb.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 1 unless it succeeded")

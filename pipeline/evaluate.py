@@ -118,12 +118,13 @@ def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[st
     import mlflow
     from mlflow import MlflowClient
 
+    from data.io import MANIFEST
     from pipeline.home import Home
     from pipeline.steps import _split_texts, raw_shards
 
     key = step_keys_of_version(name, version)["prepare"]
     prepare_dir = Home.resolve().artifacts / "prepare" / key
-    if (prepare_dir / "manifest.json").exists():
+    if (prepare_dir / MANIFEST).exists():
         return _split_texts(raw_shards(prepare_dir), split)
     run_id = MlflowClient().get_model_version(name, str(version)).run_id
     try:

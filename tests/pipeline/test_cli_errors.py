@@ -37,7 +37,6 @@ CASES = {
     "status: no such run": (["status", "nosuchrun"], "pipeline runs"),
     "evaluate: unknown model": (["evaluate", "models:/no-such-model@champion"], "no-such-model"),
     "evaluate: missing --data file": (["evaluate", "models:/m/1", "--data", "missing.tsv"], "missing.tsv"),
-    "evaluate: not a model URI": (["evaluate", "runs:/abc/model"], "runs:/abc/model"),
     "translate: unknown model": (["translate", "models:/no-such-model@champion", "hello"], "no-such-model"),
     "translate: no such folder": (["translate", "no/such/dir", "hello"], "no/such/dir"),
     "submit: nobody at the address": (["submit", "smoke", "--address", "ADDR"], "127.0.0.1"),

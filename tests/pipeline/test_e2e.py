@@ -232,7 +232,7 @@ def test_driver_killed_during_encode_and_train_continues_identically(first_run, 
     art = home / "artifacts"
     for f in ("merges.txt", "vocab.json"):
         assert (art / "tokenizer" / ref["tokenizer"].key / f).read_bytes() == (ref["tokenizer"].out_dir / f).read_bytes()
-    manifest = lambda d: {s: [x["sha256"] for x in v] for s, v in json.loads((d / "manifest.json").read_text())["splits"].items()}  # noqa: E731
+    manifest = lambda d: {s: [x["sha256"] for x in v] for s, v in json.loads((d / "_manifest.json").read_text())["splits"].items()}  # noqa: E731
     assert manifest(art / "encode" / ref["encode"].key) == manifest(ref["encode"].out_dir)
     resumed = load_file(str(art / "train" / ref["train"].key / "package" / "model.safetensors"))
     reference = load_file(str(ref["train"].out_dir / "package" / "model.safetensors"))
@@ -296,8 +296,8 @@ def test_ray_task_killed_once_is_retried(first_run, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (inject / "killed-encode").exists(), "the injected failure did not fire"
     key = first_run["results"]["encode"].key
-    ours = json.loads((home / "artifacts" / "encode" / key / "manifest.json").read_text())
-    ref = json.loads((first_run["results"]["encode"].out_dir / "manifest.json").read_text())
+    ours = json.loads((home / "artifacts" / "encode" / key / "_manifest.json").read_text())
+    ref = json.loads((first_run["results"]["encode"].out_dir / "_manifest.json").read_text())
     assert ours["splits"] == ref["splits"]
 
 
