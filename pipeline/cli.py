@@ -48,7 +48,8 @@ def cmd_run(args) -> int:
     cfg = _load(args)  # validated before Ray or MLflow start
     from pipeline.runner import run_pipeline
 
-    out = run_pipeline(cfg, from_step=args.from_step, until_step=args.until_step, address=args.address)
+    out = run_pipeline(cfg, from_step=args.from_step, until_step=args.until_step, address=args.address,
+                       log_to_file=not args.verbose)
     if args.json:
         print(json.dumps(out["summary"], ensure_ascii=False, default=str))
     return 0

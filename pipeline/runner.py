@@ -6,13 +6,14 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import RemoteRoot, is_remote
 from pipeline.config import PipelineConfig
 from pipeline.home import Home
+from pipeline.output import LOG_FILE, stderr_to_file
 from pipeline.steps import STEPS
 from pipeline.workflow import PipelineRun, Step, code_version
 
@@ -64,8 +65,13 @@ def run_pipeline(
     address: str | None = None,
     steps: list[Step] | None = None,
     quiet: bool = False,
+    log_to_file: bool = False,
 ) -> dict[str, Any]:
-    """Run (or continue) the pipeline for `cfg`; returns {"run_dir", "results", "summary"}."""
+    """Run (or continue) the pipeline for `cfg`; returns {"run_dir", "results", "summary"}.
+
+    log_to_file: everything written to stderr while the steps run (Ray, MLflow, Lightning,
+    warnings) goes to tpipe.log in the run folder instead (pipeline/output.py).
+    """
     import mlflow
 
     from pipeline.tracking import check_tracking_server, log_artifact_file, log_dict_params, setup_mlflow
@@ -118,6 +124,10 @@ def run_pipeline(
         cfg, steps or STEPS, artifacts, run_dir, on_event=printer.event, step_scope=step_scope, version=version,
         remote=remote,
     )
+    redirect = ExitStack()
+    if log_to_file:
+        log = redirect.enter_context(stderr_to_file(run_dir / LOG_FILE))
+        printer.line(f"log: {log} (the libraries' output; tpipe --verbose shows it here)")
     try:
         with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"{cfg.run_name}-pipeline") as parent:
             parent_file.write_text(parent.info.run_id)
@@ -141,6 +151,7 @@ def run_pipeline(
             import ray
 
             ray.shutdown()
+        redirect.close()
     summary = {
         "run_dir": str(run_dir),
         "mlflow_run_id": parent_file.read_text().strip(),

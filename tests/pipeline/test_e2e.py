@@ -295,6 +295,10 @@ def test_ray_task_killed_once_is_retried(first_run, tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (inject / "killed-encode").exists(), "the injected failure did not fire"
+    # The terminal gets tpipe's own lines; Ray's warnings and the dead worker's report go to the log.
+    assert len(proc.stderr.splitlines()) <= 2, proc.stderr[-3000:]
+    (log,) = (home / "runs").glob("*/tpipe.log")
+    assert log.stat().st_size > 0
     key = first_run["results"]["encode"].key
     ours = json.loads((home / "artifacts" / "encode" / key / "_manifest.json").read_text())
     ref = json.loads((first_run["results"]["encode"].out_dir / "_manifest.json").read_text())
