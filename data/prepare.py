@@ -83,8 +83,19 @@ def _require_ray():
     return ray
 
 
-def _get(ray, refs: list) -> list:
-    """ray.get, but bad input surfaces as the DataError the task raised, not wrapped in a Ray traceback."""
+def _get(ray, refs: list, label: str = "", unit: str = "tasks") -> list:
+    """ray.get, but bad input surfaces as the DataError the task raised, not wrapped in a Ray traceback.
+
+    With a label, reports the tasks finished so far, their rate and the time left (data/progress.py).
+    """
+    if label and refs:
+        from data.progress import Progress
+
+        progress, remaining = Progress(label, len(refs), unit), list(refs)
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=1)
+            progress.update(len(ready))
+        progress.close()
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as e:
@@ -408,7 +419,7 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
             for i, u in enumerate(units)
             if not os.path.exists(os.path.join(unit_dirs[i], "counts.json"))
         }
-        done = dict(zip(pending, _get(ray, list(pending.values()))))
+        done = dict(zip(pending, _get(ray, list(pending.values()), "prepare: read", "input pieces")))
         stage1 = [done[i] if i in done else read_json(os.path.join(unit_dirs[i], "counts.json")) for i in range(len(units))]
         unit_where = [u.where() for u in units]
         write = ray.remote(num_cpus=1)(_write_shard)
@@ -419,6 +430,8 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
                 write.remote(i, unit_dirs, unit_where, cfg_d, work_dir, shard_paths[i], cfg.write_rejects)
                 for i in range(cfg.n_shards)
             ],
+            "prepare: write",
+            "shards",
         )
         rejects_file = None
         if cfg.write_rejects:
@@ -663,7 +676,7 @@ def encode_shards(
             pending[i] = encode.remote(
                 raw_path, i, tokenizer_dir, out_dir, max_tokens_per_side, metadata, loader, write_rejects
             )
-    for i, r in zip(pending, _get(ray, list(pending.values()))):
+    for i, r in zip(pending, _get(ray, list(pending.values()), "encode", "shards")):
         shards[i] = dict(r, reused=False, raw_sha256=raw_manifest["shards"][i]["sha256"])
     keep = {f["file"] for s in shards for f in s["files"].values()} | {s.get("rejects_file") for s in shards}
     for sub in (*SPLITS, "rejects"):  # parts of an earlier run with more shards or with rejects

@@ -47,6 +47,9 @@ def score(hypotheses: list[str], references: list[str], tgt_lang: str = "en") ->
     }
 
 
+EVAL_CHUNK = 512  # sentences per predict call (several decoding batches; sorted by length within)
+
+
 def evaluate_pyfunc(
     model_uri: str, sources: list[str], references: list[str], tgt_lang: str, params: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -54,9 +57,11 @@ def evaluate_pyfunc(
 
     `params` change the decoding for this evaluation, e.g. {"beam_size": 5}.
     """
+    import warnings
+
     import mlflow
 
-    import warnings
+    from data.progress import Progress
 
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -64,7 +69,13 @@ def evaluate_pyfunc(
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hyps = list(pyfunc.predict(sources, params=params) if params else pyfunc.predict(sources))
+    hyps: list[str] = []
+    progress = Progress(f"evaluate {model_uri}", len(sources), "sentences")
+    for start in range(0, len(sources), EVAL_CHUNK):  # a chunk per call, so progress can be reported
+        chunk = sources[start : start + EVAL_CHUNK]
+        hyps += list(pyfunc.predict(chunk, params=params) if params else pyfunc.predict(chunk))
+        progress.update(len(chunk))
+    progress.close()
     decode_s = time.perf_counter() - t0
     result = score(hyps, references, tgt_lang)
     # Loss and perplexity need the network itself, not just its translations.

@@ -35,9 +35,11 @@ def _write_tsv(path, pairs) -> str:
     return str(path)
 
 
-def test_builtin_balances_and_is_deterministic(tmp_path):
+def test_builtin_balances_and_is_deterministic(tmp_path, capsys):
     cfg = DataConfig(builtin_size=600, n_shards=3, valid_fraction=0.1, test_fraction=0.1)
     a = prepare_raw_shards(cfg, str(tmp_path / "a"), seed=5)
+    out = capsys.readouterr().out  # progress of both stages, as plain lines (not a terminal)
+    assert "prepare: read" in out and "prepare: write: 3/3 shards" in out and "\r" not in out
     b = prepare_raw_shards(cfg, str(tmp_path / "b"), seed=5)
     c = prepare_raw_shards(cfg, str(tmp_path / "c"), seed=6)
     assert {k: v for k, v in a.items() if k != "fingerprint"} == {k: v for k, v in b.items() if k != "fingerprint"}
