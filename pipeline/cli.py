@@ -106,13 +106,17 @@ def cmd_translate(args) -> int:
     if ":/" not in args.model_uri and not os.path.isdir(args.model_uri):  # before MLflow is imported
         raise ModelNotFound(f"{args.model_uri}: no such model folder (or give models:/NAME@ALIAS)")
     _setup_tracking()
+    import warnings
+
     import mlflow
 
     if args.model_uri.startswith("models:/"):
         resolve_model_uri(args.model_uri)  # one line naming the URI, not MLflow's traceback
     # suppress_warnings: no comparison of the model's pinned requirements with every installed
     # distribution (a scan of site-packages, ~10% of a cold translate), no advice lines on stderr.
-    model = mlflow.pyfunc.load_model(args.model_uri, suppress_warnings=True)
+    with warnings.catch_warnings():  # models registered before pyfunc_model.py filtered MLflow's advice
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+        model = mlflow.pyfunc.load_model(args.model_uri, suppress_warnings=True)
     texts = args.text or [line.rstrip("\n") for line in sys.stdin]
     for src, hyp in zip(texts, model.predict(texts)):
         print(f"{src}\t{hyp}")
