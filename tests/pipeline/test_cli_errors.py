@@ -27,7 +27,7 @@ def tpipe(args: list[str], home: Path, **env: str) -> subprocess.CompletedProces
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TPIPE_HOME": str(home / "tpipe"),
             "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          env=base | env, cwd=home, timeout=180)
+                          env=base | env, cwd=home, timeout=600)
 
 
 CASES = {
