@@ -17,6 +17,10 @@ from data.errors import UserError
 
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 
+# The data steps' manifest. Its name starts with "_" so that `pyarrow.dataset.dataset(folder)` skips
+# it (as it skips the workflow's "_COMPLETE.json"): a step's folder opens as a Parquet dataset as it is.
+MANIFEST = "_manifest.json"
+
 
 class DataError(UserError, ValueError):
     """Bad input: the message names the file and, where there is one, the line."""

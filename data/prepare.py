@@ -13,7 +13,7 @@ counted under exactly one reject reason; `data_report.json` states input = kept 
 
 encode_shards runs one task per raw shard: tokenize, drop sides over max_tokens_per_side, write
 list<int32> id columns per split. Both steps write files atomically (temporary name, then
-os.replace), write manifest.json last, and reuse earlier output whose inputs and settings match.
+os.replace), write the manifest (`_manifest.json`) last, and reuse earlier output whose inputs and settings match.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from data.config import DataConfig
 from data.errors import UserError
 from data.faults import maybe_kill
 from data.io import (
+    MANIFEST,
     DataError,
     atomic_path,
     file_identity,
@@ -90,13 +91,23 @@ def _require_ray():
     return ray
 
 
-def _get(ray, refs: list) -> list:
+def _get(ray, refs: list, label: str = "", unit: str = "tasks") -> list:
     """ray.get, but bad input surfaces as the DataError the task raised, not wrapped in a Ray traceback.
 
-    The other tasks are cancelled and their results collected, so that Ray does not print their
-    errors later as unhandled ones (a traceback per task for one bad file).
+    With a label, reports the tasks finished so far, their rate and the time left (data/progress.py).
+    On a failure the other tasks are cancelled and their results collected, so that Ray does not
+    print their errors later as unhandled ones (a traceback per task for one bad file).
     """
     try:
+        if label and refs:
+            from data.progress import Progress
+
+            progress, remaining = Progress(label, len(refs), unit), list(refs)
+            while remaining:
+                ready, remaining = ray.wait(remaining, num_returns=1)
+                ray.get(ready)  # a failed task fails the step now, not after the others finish
+                progress.update(len(ready))
+            progress.close()
         return ray.get(refs)
     except ray.exceptions.RayTaskError as e:
         for r in refs:
@@ -410,7 +421,7 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     units = plan_units(cfg, seed)
     fingerprint = _raw_fingerprint(cfg, seed, units)
-    manifest_path = os.path.join(out_dir, "manifest.json")
+    manifest_path = os.path.join(out_dir, MANIFEST)
     report_path = os.path.join(out_dir, "data_report.json")
     if os.path.exists(manifest_path) and os.path.exists(report_path):
         old = read_json(manifest_path)
@@ -436,7 +447,7 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
             for i, u in enumerate(units)
             if not os.path.exists(os.path.join(unit_dirs[i], "counts.json"))
         }
-        done = dict(zip(pending, _get(ray, list(pending.values()))))
+        done = dict(zip(pending, _get(ray, list(pending.values()), "prepare: read", "input pieces")))
         stage1 = [done[i] if i in done else read_json(os.path.join(unit_dirs[i], "counts.json")) for i in range(len(units))]
         unit_where = [u.where() for u in units]
         write = ray.remote(num_cpus=1)(_write_shard)
@@ -447,6 +458,8 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
                 write.remote(i, unit_dirs, unit_where, cfg_d, work_dir, shard_paths[i], cfg.write_rejects)
                 for i in range(cfg.n_shards)
             ],
+            "prepare: write",
+            "shards",
         )
         rejects_file = None
         if cfg.write_rejects:
@@ -669,7 +682,7 @@ def encode_shards(
     tokenizer_loader: Callable[[str], Any] | None = None,
     write_rejects: bool = False,
 ) -> dict:
-    """Tokenize every raw shard in its own Ray task; returns the token manifest (also out_dir/manifest.json).
+    """Tokenize every raw shard in its own Ray task; returns the token manifest (also out_dir/_manifest.json).
 
     `tokenizer_loader(dir) -> Tokenizer` defaults to data.tokenizer.load_tokenizer; tests pass a
     stand-in. `write_rejects` also writes the rows rejected for too many tokens to
@@ -677,7 +690,7 @@ def encode_shards(
     config_hash or max_tokens_per_side changed.
     """
     ray = _require_ray()
-    raw_manifest_path = os.path.join(raw_dir, "manifest.json")
+    raw_manifest_path = os.path.join(raw_dir, MANIFEST)
     if not os.path.exists(raw_manifest_path):
         raise FileNotFoundError(f"{raw_manifest_path} does not exist; run prepare_raw_shards first")
     raw_manifest = read_json(raw_manifest_path)
@@ -690,7 +703,7 @@ def encode_shards(
         "format_version": str(FORMAT_VERSION),
     }
     os.makedirs(out_dir, exist_ok=True)
-    manifest_path = os.path.join(out_dir, "manifest.json")
+    manifest_path = os.path.join(out_dir, MANIFEST)
     old_by_raw: dict[str, dict] = {}
     if os.path.exists(manifest_path):
         old = read_json(manifest_path)
@@ -711,7 +724,7 @@ def encode_shards(
             pending[i] = encode.remote(
                 raw_path, i, tokenizer_dir, out_dir, max_tokens_per_side, metadata, loader, write_rejects
             )
-    for i, r in zip(pending, _get(ray, list(pending.values()))):
+    for i, r in zip(pending, _get(ray, list(pending.values()), "encode", "shards")):
         shards[i] = dict(r, reused=False, raw_sha256=raw_manifest["shards"][i]["sha256"])
     keep = {f["file"] for s in shards for f in s["files"].values()} | {s.get("rejects_file") for s in shards}
     for sub in (*SPLITS, "rejects"):  # parts of an earlier run with more shards or with rejects
@@ -754,5 +767,5 @@ def encode_shards(
 
 def token_files(token_dir: str, split: str) -> list[str]:
     """Absolute paths of a split's token shards, from the manifest, e.g. for TokenBatchLoader."""
-    manifest = read_json(os.path.join(token_dir, "manifest.json"))
+    manifest = read_json(os.path.join(token_dir, MANIFEST))
     return [os.path.join(token_dir, e["file"]) for e in manifest["splits"][split]]

@@ -49,7 +49,8 @@ def cmd_run(args) -> int:
     from pipeline.runner import RunInterrupted, run_pipeline
 
     try:
-        out = run_pipeline(cfg, from_step=args.from_step, until_step=args.until_step, address=args.address)
+        out = run_pipeline(cfg, from_step=args.from_step, until_step=args.until_step, address=args.address,
+                           log_to_file=not args.verbose)
     except RunInterrupted as e:
         import shlex
 
@@ -66,11 +67,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_config(args) -> int:
-    if args.keys:
-        for key, default, help_ in describe():
-            print(f"{key:36s} {default:>14s}  {help_}")
+    cfg = _load(args)
+    if args.keys:  # the values of this config (defaults, the named config and the overrides applied)
+        for key, value, help_ in describe(cfg):
+            print(f"{key:36s} {value:>14s}  {help_}")
         return 0
-    print(_load(args).to_yaml(), end="")
+    print(cfg.to_yaml(), end="")
     return 0
 
 
@@ -81,13 +83,11 @@ def cmd_status(args) -> int:
     runs_dir = home.runs
     runs = sorted(runs_dir.glob("*/state.json"), key=lambda p: p.stat().st_mtime) if runs_dir.exists() else []
     if not runs:
-        print(f"no pipeline runs under {runs_dir}")
-        return 1
+        raise UserError(f"no pipeline runs under {runs_dir}")
     if args.run:
         picked = [p for p in runs if p.parent.name.startswith(args.run)]
         if not picked:
-            print(f"no run named {args.run}*; runs: {', '.join(p.parent.name for p in runs)}", file=sys.stderr)
-            return 2
+            raise UserError(f"no run named {args.run}*; runs: {', '.join(p.parent.name for p in runs)}")
         state_file = picked[-1]
     else:
         state_file = runs[-1]
@@ -120,31 +120,50 @@ def _setup_tracking() -> str:
 
 
 def cmd_translate(args) -> int:
+    from pipeline.registry import ModelNotFound, resolve_model_uri
+
+    if ":/" not in args.model_uri and not os.path.isdir(args.model_uri):  # before MLflow is imported
+        raise ModelNotFound(f"{args.model_uri}: no such model folder (or give models:/NAME@ALIAS)")
+
     from pipeline.translate import check_sentences
 
     texts = args.text or [line.rstrip("\n") for line in sys.stdin]
     check_sentences(texts)  # before the model loads
     _setup_tracking()
+    import warnings
+
     import mlflow
 
-    model = mlflow.pyfunc.load_model(args.model_uri)
+    if args.model_uri.startswith("models:/"):
+        resolve_model_uri(args.model_uri)  # one line naming the URI, not MLflow's traceback
+    # suppress_warnings: no comparison of the model's pinned requirements with every installed
+    # distribution (a scan of site-packages, ~10% of a cold translate), no advice lines on stderr.
+    with warnings.catch_warnings():  # models registered before pyfunc_model.py filtered MLflow's advice
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+        model = mlflow.pyfunc.load_model(args.model_uri, suppress_warnings=True)
     for src, hyp in zip(texts, model.predict(texts)):
         print(f"{src}\t{hyp}")
     return 0
 
 
 def _read_tsv(path: str) -> list[tuple[str, str]]:
+    from data.io import DataError
+
     pairs = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.rstrip("\n").split("\t")
             if len(parts) < 2:
-                raise SystemExit(f"tpipe: {path} line {n}: expected 'source<TAB>reference', got {len(parts)} field(s)")
+                raise DataError(f"{path} line {n}: expected 'source<TAB>reference', got {len(parts)} field(s)")
             pairs.append((parts[-2], parts[-1]))
     return pairs
 
 
 def cmd_evaluate(args) -> int:
+    if args.data and not os.path.isfile(args.data):  # before MLflow is imported
+        from data.io import DataError
+
+        raise DataError(f"--data {args.data}: no such file")
     from pipeline.evaluate import (
         check_split, data_identity, evaluate_pyfunc, model_tgt_lang, record_evaluation, resolve_version,
         split_pairs_of_version,
@@ -156,6 +175,8 @@ def cmd_evaluate(args) -> int:
     from pipeline.registry import alias_version, promote_if_better
 
     name, version = resolve_version(args.model_uri)
+    if args.compare:
+        resolve_version(args.compare)  # a wrong --compare is refused before any scoring
     if args.data:
         pairs, data, split = _read_tsv(args.data), os.path.abspath(args.data), None
     else:
@@ -237,7 +258,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    import subprocess
+    import socket
 
     from data.io import redact_uri
     from pipeline.home import Home
@@ -247,12 +268,67 @@ def cmd_ui(args) -> int:
     if not uri.startswith("sqlite:"):
         print(f"the tracking store is a server: open {redact_uri(uri)}")
         return 0
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", args.port))
+        except OSError:
+            raise UserError(f"port {args.port} on 127.0.0.1 is in use; give a free one with --port") from None
     cmd = [
         sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
         "--default-artifact-root", str(home.mlflow_artifacts), "--host", "127.0.0.1", "--port", str(args.port),
     ]
-    print(" ".join(cmd))
-    return subprocess.call(cmd)
+    print(" ".join(cmd), flush=True)
+    return run_process_group(cmd)
+
+
+def run_process_group(cmd: list[str]) -> int:
+    """Run `cmd` in a process group of its own and stop the whole group when this process stops.
+
+    `mlflow ui` starts server workers; a signal to tpipe alone would leave them running. SIGINT,
+    SIGTERM and SIGHUP are forwarded to the group as SIGTERM (SIGKILL after 10 s), and the group is
+    cleared however the command ends.
+    """
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    stopped_by: list[int] = []
+
+    def forward(signum, frame):
+        stopped_by.append(signum)
+        _signal_group(proc.pid, signal.SIGTERM)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    deadline = None
+    try:
+        while (code := proc.poll()) is None:
+            if stopped_by and deadline is None:
+                deadline = time.monotonic() + 10
+            if deadline is not None and time.monotonic() > deadline:
+                _signal_group(proc.pid, signal.SIGKILL)
+            time.sleep(0.2)
+    finally:
+        _signal_group(proc.pid, signal.SIGTERM)  # workers left behind by a server that exited
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 128 + stopped_by[0] if stopped_by else code
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-pipeline")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Raw text corpora to a trained, evaluated and registered encoder-decoder Transformer, on Ray and MLflow.",
         epilog="State lives under $TPIPE_HOME (default ./.tpipe); MLFLOW_TRACKING_URI overrides the MLflow store.",
     )
+    p.add_argument("--version", action="version", version=f"tpipe {_version()}")
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one line")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show the libraries' own output (Ray, MLflow, Lightning) on the terminal; by default "
+                        "tpipe run writes it to tpipe.log in the run folder")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     items_help = "an optional config (a name in conf/ such as 'default' or 'smoke', or a .yaml path) then key.sub=value overrides"
@@ -276,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     c.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
-    c.add_argument("--keys", action="store_true", help="list every config key, its default and what it means")
+    c.add_argument("--keys", action="store_true", help="list every config key, its value in this config and what it means")
     c.set_defaults(func=cmd_config)
 
     s = sub.add_parser("status", help="steps of a pipeline run (the latest by default)")
@@ -301,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("submit", help="submit the pipeline to a Ray cluster as a job",
                         description="Submit `tpipe run [CONFIG] [overrides]` as a Ray job. MLFLOW_TRACKING_URI must be a "
-                                    "tracking server the cluster can reach; credentials are passed as environment variables.")
+                                    "tracking server the cluster can reach. Credentials never travel with the job (Ray logs a "
+                                    "job's environment): the cluster holds its own MLflow login; see docs/cluster.md.")
     sb.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
     sb.add_argument("--address", default=None, help="the cluster's job API, e.g. http://127.0.0.1:8265 (default $RAY_ADDRESS)")
     sb.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 1 unless it succeeded")
@@ -337,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:  # MLflow's INFO lines (table creation, "Created version") are not tpipe's output
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         return int(args.func(args) or 0)
     except UserError as e:

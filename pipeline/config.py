@@ -164,11 +164,47 @@ def resolve_config_path(name_or_path: str | None) -> Path:
     raise ConfigError(f"unknown config '{name_or_path}'; give a .yaml path or one of: {', '.join(names)}")
 
 
+class Text(str):
+    """A plain (unquoted) YAML scalar, kept as written until the field it sets says what type it is.
+
+    YAML 1.1 would read `run_name: 2024` as an int, `model_name: yes` as True and `lr: 1e-3` as a
+    string; `_check_value` instead parses the text against the field's declared type: `1e-3` is a
+    float for a float field, `2024` and `yes` are strings for a str field, `null` is None.
+    """
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader whose plain scalars stay `Text` (quoted ones are str); explicit tags still apply."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:merge"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _construct_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    value = loader.construct_scalar(node)
+    return Text(value) if node.style is None else str(value)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:str", _construct_text)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as the config reads it: plain scalars are `Text`, typed later by the field they set."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+_NULL_WORDS = ("", "~", "null", "Null", "NULL")
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Read YAML, expand presets, apply `key.sub=value` overrides, validate. Raises ConfigError."""
     path = resolve_config_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -194,9 +230,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     if not all(parts):
         raise ConfigError(f"override '{item}' has an empty key part")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = read_yaml(text) if text.strip() else None
     except yaml.YAMLError:
-        value = text
+        value = Text(text)
     node = raw
     for i, p in enumerate(parts[:-1]):
         nxt = node.get(p)
@@ -227,7 +263,7 @@ def _expand_presets(raw: dict[str, Any]) -> None:
         if not preset_path.exists():
             names = sorted(q.stem for q in (CONF_DIR / section).glob("*.yaml"))
             raise ConfigError(f"{section}.preset: unknown preset '{name}'; allowed: {', '.join(names)}")
-        base = yaml.safe_load(preset_path.read_text(encoding="utf-8")) or {}
+        base = read_yaml(preset_path.read_text(encoding="utf-8")) or {}
         base.update(value)
         raw[section] = base
 
@@ -255,12 +291,16 @@ def from_dict(cls: type, raw: Any, path: str) -> Any:
 
 def _check_value(tp: Any, value: Any, key_path: str, meta: typing.Mapping[str, Any]) -> Any:
     origin = typing.get_origin(tp)
+    if isinstance(value, Text) and value in _NULL_WORDS:
+        value = None
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
         tp = args[0]
         origin = typing.get_origin(tp)
+    if isinstance(value, Text) and tp in (bool, int, float, str):
+        value = _parse_text(tp, value, key_path)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key_path)
     if origin is list:
@@ -291,16 +331,41 @@ def _check_value(tp: Any, value: Any, key_path: str, meta: typing.Mapping[str, A
     return value
 
 
-def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key path, default, help) for every field; used by `tpipe config --help-keys`."""
+def _parse_text(tp: type, text: Text, key_path: str) -> Any:
+    """`1e-3` -> 0.001 for a float field, `2024` -> '2024' for a str field, `yes` -> True for a bool field."""
+    if tp is str:
+        return str(text)
+    if tp is bool and text.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[text.lower()]
+    if tp is int or tp is float:
+        try:
+            return tp(text)
+        except ValueError:
+            pass
+        if tp is float and text.lower() in (".inf", "-.inf", "+.inf", ".nan"):
+            return float(text.replace(".", "", 1))
+    try:  # the value as YAML would read it, so the message shows 1.5, True or 'abc'
+        shown = yaml.safe_load(text)
+    except yaml.YAMLError:
+        shown = str(text)
+    raise ConfigError(f"{key_path}: expected {tp.__name__}, got {shown!r} ({type(shown).__name__})")
+
+
+def describe(obj: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, value, help) for every field of `obj` (a config; the defaults when None).
+
+    Used by `tpipe config [NAME] --keys`, which shows the values of the named config.
+    """
+    obj = PipelineConfig() if obj is None else obj
+    cls = type(obj)
     rows = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        hints = typing.get_type_hints(cls)
         if dataclasses.is_dataclass(hints[f.name]):
-            rows += describe(hints[f.name], key + ".")
+            rows += describe(getattr(obj, f.name), key + ".")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = getattr(obj, f.name)
         help_ = f.metadata.get("help", "")
         if "choices" in f.metadata:
             help_ += f" [{'|'.join(map(str, f.metadata['choices']))}]"

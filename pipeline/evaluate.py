@@ -68,6 +68,9 @@ def data_identity(pairs: list[tuple[str, str]], data: str, split: str | None = N
     return {"data": data, "split": split, "sha256": h.hexdigest(), "n_sentences": len(pairs)}
 
 
+EVAL_CHUNK = 512  # sentences per predict call (several decoding batches; sorted by length within)
+
+
 def evaluate_pyfunc(
     model_uri: str, sources: list[str], references: list[str], tgt_lang: str, params: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
@@ -78,9 +81,11 @@ def evaluate_pyfunc(
     model decodes with its own settings. The result records the decoding used and `data`
     (data_identity of the pairs, computed here when not given).
     """
+    import warnings
+
     import mlflow
 
-    import warnings
+    from data.progress import Progress
 
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -88,7 +93,13 @@ def evaluate_pyfunc(
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hyps = list(pyfunc.predict(sources, params=params) if params else pyfunc.predict(sources))
+    hyps: list[str] = []
+    progress = Progress(f"evaluate {model_uri}", len(sources), "sentences")
+    for start in range(0, len(sources), EVAL_CHUNK):  # a chunk per call, so progress can be reported
+        chunk = sources[start : start + EVAL_CHUNK]
+        hyps += list(pyfunc.predict(chunk, params=params) if params else pyfunc.predict(chunk))
+        progress.update(len(chunk))
+    progress.close()
     decode_s = time.perf_counter() - t0
     result = score(hyps, references, tgt_lang)
     # Loss, perplexity and the decoding settings need the translator itself, not just its output.
@@ -119,19 +130,10 @@ METRICS = ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perple
 
 
 def resolve_version(model_uri: str) -> tuple[str, int]:
-    """models:/NAME/VERSION or models:/NAME@ALIAS -> (NAME, VERSION)."""
-    from mlflow import MlflowClient
+    """models:/NAME/VERSION or models:/NAME@ALIAS -> (NAME, VERSION); ModelNotFound (one line) if none."""
+    from pipeline.registry import resolve_model_uri
 
-    if not model_uri.startswith("models:/"):
-        raise EvaluationError(f"{model_uri!r} is not a registered model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
-    rest = model_uri[len("models:/"):]
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, int(MlflowClient().get_model_version_by_alias(name, alias).version)
-    name, _, version = rest.rpartition("/")
-    if not name or not version.isdigit():
-        raise EvaluationError(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    return name, int(version)
+    return resolve_model_uri(model_uri)
 
 
 def step_keys_of_version(name: str, version: int) -> dict[str, str]:
@@ -165,12 +167,13 @@ def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[st
     import mlflow
     from mlflow import MlflowClient
 
+    from data.io import MANIFEST
     from pipeline.home import Home
     from pipeline.steps import _split_texts, raw_shards
 
     key = step_keys_of_version(name, version)["prepare"]
     prepare_dir = Home.resolve().artifacts / "prepare" / key
-    if (prepare_dir / "manifest.json").exists():
+    if (prepare_dir / MANIFEST).exists():
         pairs = _split_texts(raw_shards(prepare_dir), split)
     else:
         run_id = MlflowClient().get_model_version(name, str(version)).run_id

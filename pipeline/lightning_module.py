@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -45,13 +46,23 @@ class Seq2SeqModule(L.LightningModule):
 
     def __init__(
         self,
-        model_cfg: ModelConfig,
-        train_cfg: TrainConfig,
+        model_cfg: ModelConfig | dict[str, Any],
+        train_cfg: TrainConfig | dict[str, Any],
         decode_fn: Callable[[list[int]], str] | None = None,
         bleu_sample: list[tuple[list[int], str]] | None = None,
         tgt_lang: str = "en",
     ):
         super().__init__()
+        # The configs go into checkpoints as plain values (no pickled classes), so that
+        # `Seq2SeqModule.load_from_checkpoint(ckpt)` rebuilds the module from them alone.
+        if isinstance(model_cfg, dict):
+            model_cfg = ModelConfig(**model_cfg)
+        if isinstance(train_cfg, dict):
+            train_cfg = TrainConfig(**train_cfg)
+        self.save_hyperparameters(
+            {"model_cfg": asdict(model_cfg), "train_cfg": asdict(train_cfg), "tgt_lang": tgt_lang},
+            logger=False,  # the pipeline logs the config itself (pipeline/steps.py)
+        )
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.model = Transformer(model_cfg)
         # For validation BLEU: a fixed sample of (source ids, reference text) decoded greedily.

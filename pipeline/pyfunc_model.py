@@ -8,8 +8,14 @@ a pickle.
 
 from __future__ import annotations
 
+import warnings
+
 import mlflow
 from mlflow.pyfunc import PythonModel
+
+# MLflow advises type hints on `predict` each time this file is loaded; the model has an explicit
+# signature instead (pipeline/registry.py), so the advice is only noise on every translate/evaluate.
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class TranslationModel(PythonModel):

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
+from data.errors import UserError
+from data.io import redact_uri
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -144,3 +146,45 @@ def promote_if_better(
     MlflowClient().set_registered_model_alias(model_name, alias, str(version))
     was = f"v{current} ({metric} {held[metric]:.2f})" if current is not None else "none"
     return True, f"@{alias} -> v{version} ({metric} {new[metric]:.2f} on {new['data']['data']}; was {was})"
+
+
+class ModelNotFound(UserError, LookupError):
+    """A model URI that is malformed or names no registered model, version or alias."""
+
+
+def resolve_model_uri(model_uri: str) -> tuple[str, int]:
+    """models:/NAME/VERSION or models:/NAME@ALIAS -> (NAME, VERSION), checked against the registry.
+
+    Raises ModelNotFound with one line naming the URI and what exists instead.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not model_uri.startswith("models:/"):
+        raise ModelNotFound(f"{model_uri!r} is not a registered model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+    rest = model_uri[len("models:/"):]
+    name, sep, alias = rest.partition("@")
+    version = ""
+    if not sep:
+        name, _, version = rest.rpartition("/")
+        if not name or not version.isdigit():
+            raise ModelNotFound(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    client = MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models(max_results=50))
+        raise ModelNotFound(f"{model_uri}: no registered model {name!r} in {redact_uri(mlflow.get_tracking_uri())}; "
+                            f"registered: {', '.join(names) or 'none'}") from None
+    if sep:
+        if alias not in model.aliases:
+            raise ModelNotFound(f"{model_uri}: model {name!r} has no alias {alias!r}; "
+                                f"aliases: {', '.join(f'{a} -> v{v}' for a, v in sorted(model.aliases.items())) or 'none'}")
+        return name, int(model.aliases[alias])
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise ModelNotFound(f"{model_uri}: model {name!r} has no version {version}") from None
+    return name, int(version)
+

@@ -10,7 +10,7 @@ import signal
 import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from data.io import redact_text, redact_uri
 from pipeline.artifacts import RemoteRoot, is_remote
 from pipeline.config import PipelineConfig
 from pipeline.home import Home, describe_holder
+from pipeline.output import LOG_FILE, stderr_to_file
 from pipeline.steps import STEPS
 from pipeline.workflow import PipelineRun, Step, check_step_range, code_version
 
@@ -217,8 +218,13 @@ def _run_pipeline(
     steps: list[Step] | None = None,
     quiet: bool = False,
     interrupts: _Interrupts | None = None,
+    log_to_file: bool = False,
 ) -> dict[str, Any]:
-    """The pipeline itself, under the run lock (see run_pipeline)."""
+    """The pipeline itself, under the run lock (see run_pipeline).
+
+    log_to_file: everything written to stderr while the steps run (Ray, MLflow, Lightning,
+    warnings) goes to tpipe.log in the run folder instead (pipeline/output.py).
+    """
     check_inputs(cfg.data)  # input files: one line naming the file, before MLflow (seconds to import) or Ray
     import mlflow
 
@@ -279,6 +285,10 @@ def _run_pipeline(
         cfg, steps or STEPS, artifacts, run_dir, on_event=printer.event, step_scope=step_scope, version=version,
         remote=remote,
     )
+    redirect = ExitStack()
+    if log_to_file:
+        log = redirect.enter_context(stderr_to_file(run_dir / LOG_FILE))
+        printer.line(f"log: {log} (the libraries' output; tpipe --verbose shows it here)")
     try:
         with mlflow.start_run(run_name=parent_run_name(cfg.run_name, run_key)) as parent:
             write_text_atomic(parent_file, parent.info.run_id)  # the latest parent, for `tpipe status`
@@ -303,6 +313,7 @@ def _run_pipeline(
             import ray
 
             ray.shutdown()
+        redirect.close()
     summary = {
         "run_dir": str(run_dir),
         "mlflow_run_id": parent.info.run_id,

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from data.io import MANIFEST
 from pipeline.workflow import Step, StepContext
 
 
@@ -28,7 +29,7 @@ def prepare(ctx: StepContext) -> dict[str, Any]:
 
 
 def raw_shards(prepare_dir: Path) -> list[str]:
-    manifest = json.loads((prepare_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((prepare_dir / MANIFEST).read_text(encoding="utf-8"))
     return [str(prepare_dir / s["file"]) for s in manifest["shards"]]
 
 
@@ -57,7 +58,7 @@ def encode(ctx: StepContext) -> dict[str, Any]:
 
 
 def token_shards(encode_dir: Path, split: str) -> list[str]:
-    manifest = json.loads((encode_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((encode_dir / MANIFEST).read_text(encoding="utf-8"))
     return [str(encode_dir / s["file"]) for s in manifest["splits"].get(split, [])]
 
 
@@ -230,7 +231,7 @@ def lineage_of(ctx: StepContext) -> dict[str, Any]:
     """Where the model came from: shard hashes, tokenizer fingerprint, config hash, code."""
     import subprocess
 
-    enc = json.loads((ctx.input_dir("encode") / "manifest.json").read_text(encoding="utf-8"))
+    enc = json.loads((ctx.input_dir("encode") / MANIFEST).read_text(encoding="utf-8"))
     shard_hashes = {split: [s.get("sha256") for s in shards] for split, shards in enc["splits"].items()}
     try:
         commit = subprocess.run(

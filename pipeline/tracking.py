@@ -162,7 +162,8 @@ def log_training_pictures(run_id: str, model, tokenizer, example: tuple[list[int
     src = torch.tensor(src_ids + [eos])
     tgt = torch.tensor([bos] + tgt_ids)  # the decoder's input: BOS then the reference
     inspection = model.inspect(src, tgt)
-    token = lambda i: tokenizer.decode([i], skip_special=False) or f"<{i}>"  # noqa: E731
+    # bytes, not text: a byte-level token may be part of a character (the plot escapes those)
+    token = lambda i: tokenizer.decode_bytes([i], skip_special=False) or f"<{i}>"  # noqa: E731
     heatmap = attention_heatmap_png(
         inspection, [token(i) for i in inspection.src], [token(i) for i in inspection.tgt], out_dir / "attention.png"
     )

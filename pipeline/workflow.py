@@ -33,6 +33,8 @@ from pipeline.artifacts import RemoteRoot
 from pipeline.config import PipelineConfig
 
 MARKER = "_COMPLETE.json"
+
+
 _CODE_PACKAGES = ("data", "model", "pipeline")
 
 

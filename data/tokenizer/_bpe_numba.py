@@ -1,7 +1,9 @@
 """The merge loop of `bpe.learn_merges`, compiled with numba: same algorithm, same results, arrays instead of lists.
 
 Used when numba is installed and the word table is large (see `bpe.learn_merges`); the pure-Python loop
-stays the reference and the tests check that both give identical merges.
+stays the reference and the tests check that both give identical merges. Only training compiles:
+encoding stays in Python (see `BPETokenizer._encode_pieces` for the figures). The compiled code is
+cached once per machine in the user's cache folder (`user_cache_dir`).
 
 Layout: all words' symbols in one int32 array `syms` (word i at syms[wstart[i] : wstart[i] + wlen[i]],
 merged in place, so a word only shrinks); the pair -> words index is a linked list of entries
@@ -13,10 +15,27 @@ exists, which then reuses that token's id as the Python loop does.
 from __future__ import annotations
 
 import heapq
+import os
+from pathlib import Path
 
 import numpy as np
 from numba import njit, types
+from numba.core import config as numba_config
 from numba.typed import Dict
+
+
+def user_cache_dir() -> Path:
+    """Where numba keeps this module's machine code: $NUMBA_CACHE_DIR, else ~/.cache/tpipe/numba.
+
+    Never `__pycache__` beside this file: that folder may be a model's code inside an MLflow artifact
+    store (code_paths) or a read-only install, and a store must not change when a model is loaded.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tpipe" / "numba"
+
+
+if not numba_config.CACHE_DIR:  # read by `cache=True` below, when each function is decorated
+    numba_config.CACHE_DIR = str(user_cache_dir())
 
 _SHIFT = 1 << 21
 
@@ -272,100 +291,3 @@ def learn_merges_arrays(
             token_id[merged] = len(tokens)
             tokens.append(merged)
     return merges
-
-
-# ---- encoding: rank-based merging of many pre-tokens in one call ------------------------------
-
-
-@njit(cache=True)
-def _build_table(keys, ranks):
-    """Open-addressing hash table (packed pair -> rank) in two arrays; empty slots hold -1."""
-    cap = 1
-    while cap < 2 * keys.shape[0] + 2:
-        cap *= 2
-    tk = np.full(cap, -1, np.int64)
-    tv = np.zeros(cap, np.int64)
-    mask = cap - 1
-    for n in range(keys.shape[0]):
-        h = (keys[n] * np.int64(-7046029254386353131)) & mask
-        while tk[h] != -1 and tk[h] != keys[n]:
-            h = (h + 1) & mask
-        if tk[h] == -1:  # the first (lowest) rank of a repeated pair wins
-            tk[h] = keys[n]
-            tv[h] = ranks[n]
-    return tk, tv
-
-
-@njit(cache=True)
-def _rank(tk, tv, key):
-    mask = tk.shape[0] - 1
-    h = (key * np.int64(-7046029254386353131)) & mask
-    while True:
-        k = tk[h]
-        if k == key:
-            return tv[h]
-        if k == -1:
-            return np.int64(-1)
-        h = (h + 1) & mask
-
-
-@njit(cache=True)
-def _apply_many(syms, starts, lens, tk, tv, result_of_rank, out_lens):
-    """Merge every word in place (syms[starts[i]:starts[i]+lens[i]]); out_lens[i] gets its new length."""
-    S = np.int64(_SHIFT)
-    INF = np.int64(1) << 62
-    rs = np.empty(max(1, lens.max() if lens.shape[0] else 1), np.int64)
-    for i in range(starts.shape[0]):
-        s = starts[i]
-        n = lens[i]
-        for j in range(n - 1):
-            r = _rank(tk, tv, syms[s + j] * S + syms[s + j + 1])
-            rs[j] = r if r >= 0 else INF
-        while n > 1:
-            best = INF
-            k = -1
-            for j in range(n - 1):
-                if rs[j] < best:
-                    best = rs[j]
-                    k = j
-            if k < 0:
-                break
-            new = result_of_rank[best]
-            syms[s + k] = new
-            for j in range(k + 1, n - 1):
-                syms[s + j] = syms[s + j + 1]
-            for j in range(k, n - 2):
-                rs[j] = rs[j + 1]
-            n -= 1
-            if k > 0:
-                r = _rank(tk, tv, syms[s + k - 1] * S + new)
-                rs[k - 1] = r if r >= 0 else INF
-            if k < n - 1:
-                r = _rank(tk, tv, new * S + syms[s + k + 1])
-                rs[k] = r if r >= 0 else INF
-        out_lens[i] = n
-
-
-class RankTable:
-    """The merge ranks of a tokenizer as arrays, for `apply_many`; plain numpy, so it pickles for Ray."""
-
-    def __init__(self, ranks: dict[tuple[int, int], int], results: dict[tuple[int, int], int]):
-        pairs = sorted(ranks.items(), key=lambda kv: kv[1])
-        keys = np.array([a * _SHIFT + b for (a, b), _ in pairs], dtype=np.int64)
-        rk = np.array([r for _, r in pairs], dtype=np.int64)
-        self.tk, self.tv = _build_table(keys, rk) if len(pairs) else (np.full(2, -1, np.int64), np.zeros(2, np.int64))
-        self.result_of_rank = np.zeros(max(ranks.values(), default=0) + 1, dtype=np.int64)
-        for p, r in ranks.items():
-            self.result_of_rank[r] = results[p]
-
-    def apply_many(self, words: list[list[int]]) -> list[list[int]]:
-        """apply_merges on each word, in one compiled call."""
-        lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        starts = np.zeros(len(words), dtype=np.int64)
-        if len(words) > 1:
-            np.cumsum(lens[:-1], out=starts[1:])
-        syms = np.fromiter((x for w in words for x in w), dtype=np.int64, count=int(lens.sum()))
-        out_lens = np.empty(len(words), dtype=np.int64)
-        _apply_many(syms, starts, lens, self.tk, self.tv, self.result_of_rank, out_lens)
-        flat = syms.tolist()
-        return [flat[s : s + n] for s, n in zip(starts.tolist(), out_lens.tolist())]

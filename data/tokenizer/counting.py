@@ -240,21 +240,31 @@ def count_pretokens(
     With Ray initialised, one task per chunk and a tree of pairwise sums; otherwise in this process.
     The result does not depend on how the work was cut.
     """
+    from data.progress import Progress
+
     chunks = plan_chunks([str(Path(p)) for p in inputs], n_tasks)
+    progress = Progress("tokenizer: count", len(chunks), "chunks")
     import ray
 
     if ray.is_initialized():
         count_task = ray.remote(num_cpus=1)(count_chunk)
         sum_task = ray.remote(num_cpus=1)(sum_counts)
         refs = [count_task.remote(c, pattern, specials, max_chars, reader) for c in chunks]
+        counting = list(refs)
         while len(refs) > 1:  # a tree: no single task receives every shard's counts
             nxt = [sum_task.remote(refs[i], refs[i + 1]) for i in range(0, len(refs) - 1, 2)]
             if len(refs) % 2:
                 nxt.append(refs[-1])
             refs = nxt
+        while counting:  # the sums run meanwhile; this only watches the counting tasks finish
+            ready, counting = ray.wait(counting, num_returns=1)
+            progress.update(len(ready))
         counts, stats = ray.get(refs[0])
+        progress.close()
         return counts, stats, len(chunks)
     total: tuple[dict[bytes, int], CountStats] = ({}, CountStats())
     for c in chunks:
         total = sum_counts(total, count_chunk(c, pattern, specials, max_chars, reader))
+        progress.update()
+    progress.close()
     return total[0], total[1], len(chunks)

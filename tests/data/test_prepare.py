@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def _shards(out_dir) -> list[dict]:
-    return json.loads((out_dir / "manifest.json").read_text())["shards"]
+    return json.loads((out_dir / "_manifest.json").read_text())["shards"]
 
 
 def _rows(out_dir) -> list[tuple[str, str, str]]:
@@ -36,9 +36,11 @@ def _write_tsv(path, pairs) -> str:
     return str(path)
 
 
-def test_builtin_balances_and_is_deterministic(tmp_path):
+def test_builtin_balances_and_is_deterministic(tmp_path, capsys):
     cfg = DataConfig(builtin_size=600, n_shards=3, valid_fraction=0.1, test_fraction=0.1)
     a = prepare_raw_shards(cfg, str(tmp_path / "a"), seed=5)
+    out = capsys.readouterr().out  # progress of both stages, as plain lines (not a terminal)
+    assert "prepare: read" in out and "prepare: write: 3/3 shards" in out and "\r" not in out
     b = prepare_raw_shards(cfg, str(tmp_path / "b"), seed=5)
     c = prepare_raw_shards(cfg, str(tmp_path / "c"), seed=6)
     assert {k: v for k, v in a.items() if k != "fingerprint"} == {k: v for k, v in b.items() if k != "fingerprint"}
@@ -49,7 +51,7 @@ def test_builtin_balances_and_is_deterministic(tmp_path):
     assert sum(a["splits"].values()) == a["kept"] and a["splits"]["valid"] > 0 and a["splits"]["test"] > 0
     assert [s["sha256"] for s in _shards(tmp_path / "a")] == [s["sha256"] for s in _shards(tmp_path / "b")]
     assert [s["sha256"] for s in _shards(tmp_path / "a")] != [s["sha256"] for s in _shards(tmp_path / "c")]
-    for name in ("manifest.json", "data_report.json", "lengths.png"):
+    for name in ("_manifest.json", "data_report.json", "lengths.png"):
         assert (tmp_path / "a" / name).exists()
     assert (tmp_path / "a" / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "a" / "data_report.json").read_text())["kept"] == a["kept"]
@@ -163,6 +165,10 @@ def test_encode_writes_per_split_token_shards_with_metadata(tmp_path, byte_token
     assert t.schema.names == ["src_ids", "tgt_ids", "src_len", "tgt_len"]
     assert [t.schema.field(c).type.value_type for c in ("src_ids", "tgt_ids")] == [pa.int32(), pa.int32()]
     assert [t.schema.field(c).type for c in ("src_len", "tgt_len")] == [pa.int32(), pa.int32()]
+    import pyarrow.dataset as ds
+
+    # the folder opens as one Parquet dataset (the manifest's leading "_" keeps pyarrow off it), splits as partitions
+    assert ds.dataset(out).count_rows() == m["kept"] and ds.dataset(os.path.join(out, "train")).count_rows() == m["rows"]["train"]
     row = t.slice(0, 1).to_pylist()[0]
     src_text = bytes(i - 3 for i in row["src_ids"]).decode()
     assert src_text.startswith("number ") and row["src_len"] == len(row["src_ids"])  # no bos/eos in shards

@@ -160,7 +160,7 @@ def test_pipeline_on_s3_is_reused_by_a_second_home(s3, tmp_path, monkeypatch):
     assert not any(r.cached for r in first["results"].values())
     assert all(r.cached for r in second["results"].values())
     manifest = lambda r: {s: [x["sha256"] for x in v]  # noqa: E731
-                          for s, v in json.loads((r.out_dir / "manifest.json").read_text())["splits"].items()}
+                          for s, v in json.loads((r.out_dir / "_manifest.json").read_text())["splits"].items()}
     assert manifest(second["results"]["encode"]) == manifest(first["results"]["encode"])
     weights = "package/model.safetensors"
     assert (second["results"]["train"].out_dir / weights).read_bytes() == (first["results"]["train"].out_dir / weights).read_bytes()

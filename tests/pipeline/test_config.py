@@ -29,6 +29,55 @@ def test_overrides_apply_with_types():
     assert cfg.data.paths == ["a.tsv", "b.tsv"]
 
 
+@pytest.mark.parametrize(
+    "override, key, value",
+    [
+        ("train.lr=1e-3", ("train", "lr"), 0.001),  # YAML 1.1 reads 1e-3 as a string
+        ("train.lr=2", ("train", "lr"), 2.0),
+        ("run_name=2024", ("run_name",), "2024"),  # an int to YAML
+        ("registry.model_name=yes", ("registry", "model_name"), "yes"),  # a bool to YAML 1.1
+        ("registry.model_name=1.5", ("registry", "model_name"), "1.5"),
+        ("mlflow.experiment=null-model", ("mlflow", "experiment"), "null-model"),
+        ("artifact_root='null'", ("artifact_root",), "null"),  # quoted: the text itself
+        ("train.use_gpu=yes", ("train", "use_gpu"), True),
+        ("train.use_gpu=off", ("train", "use_gpu"), False),
+        ("train.storage_path=null", ("train", "storage_path"), None),
+        ("train.storage_path=", ("train", "storage_path"), None),
+        ("data.tsv_columns=[0, 2]", ("data", "tsv_columns"), [0, 2]),
+        ("tokenizer.special_tokens=[<pad>, <s>, </s>, 2024, yes]", ("tokenizer", "special_tokens"),
+         ["<pad>", "<s>", "</s>", "2024", "yes"]),
+    ],
+)
+def test_override_parsed_against_the_field_type(override, key, value):
+    cfg = load_config("smoke", [override])
+    got = cfg
+    for part in key:
+        got = getattr(got, part)
+    assert got == value and type(got) is type(value)
+    assert config_from_dict(cfg.to_dict()) == cfg  # plain Python values, dumpable as YAML
+
+
+def test_yaml_file_scalars_typed_by_field(tmp_path):
+    """The same rule in a config file: `run_name: 2024` is a name, `lr: 1e-3` a float."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("run_name: 2024\nregistry:\n  model_name: no\ntrain:\n  lr: 1e-3\n  storage_path: ~\n",
+                    encoding="utf-8")
+    cfg = load_config(str(path))
+    assert (cfg.run_name, cfg.registry.model_name, cfg.train.lr, cfg.train.storage_path) == ("2024", "no", 0.001, None)
+    assert load_config(str(path)).to_yaml() == cfg.to_yaml()
+
+
+def test_config_keys_shows_the_named_configs_values():
+    """`tpipe config smoke --keys` lists smoke's values (and the overrides), not the dataclass defaults."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "smoke", "train.lr=1e-3", "--keys"],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines() if line.strip()}
+    assert rows["run_name"] == "'smoke'" and rows["train.max_steps"] == "30" and rows["train.lr"] == "0.001"
+    assert rows["registry.model_name"] == "'tpipe-smoke'"
+
+
 def test_round_trip_through_dict():
     cfg = load_config("smoke")
     assert config_from_dict(cfg.to_dict()) == cfg
@@ -47,7 +96,7 @@ def test_round_trip_through_dict():
         ("train.use_gpu=maybe", "train.use_gpu: expected bool, got 'maybe'"),
         ("train.max_steps=true", "train.max_steps: expected int, got True"),
         ("data.paths=notalist", "data.paths: expected a list of str"),
-        ("tokenizer.special_tokens=[1, 2, 3]", "tokenizer.special_tokens[0]: expected str"),
+        ("tokenizer.special_tokens=[[1], 2, 3]", "tokenizer.special_tokens[0]: expected str"),
         ("train.max_steps=0", "train.max_steps: 0 is below the minimum 1"),
         ("train.label_smoothing=0.9", "train.label_smoothing: 0.9 is above the maximum 0.5"),
         ("model.norm=batchnorm", "model.norm: 'batchnorm' is not allowed; allowed: layernorm, rmsnorm"),

@@ -248,7 +248,7 @@ def test_driver_killed_during_encode_and_train_continues_identically(first_run, 
     art = home / "artifacts"
     for f in ("merges.txt", "vocab.json"):
         assert (art / "tokenizer" / ref["tokenizer"].key / f).read_bytes() == (ref["tokenizer"].out_dir / f).read_bytes()
-    manifest = lambda d: {s: [x["sha256"] for x in v] for s, v in json.loads((d / "manifest.json").read_text())["splits"].items()}  # noqa: E731
+    manifest = lambda d: {s: [x["sha256"] for x in v] for s, v in json.loads((d / "_manifest.json").read_text())["splits"].items()}  # noqa: E731
     assert manifest(art / "encode" / ref["encode"].key) == manifest(ref["encode"].out_dir)
     resumed = load_file(str(art / "train" / ref["train"].key / "package" / "model.safetensors"))
     reference = load_file(str(ref["train"].out_dir / "package" / "model.safetensors"))
@@ -311,9 +311,13 @@ def test_ray_task_killed_once_is_retried(first_run, tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (inject / "killed-encode").exists(), "the injected failure did not fire"
+    # The terminal gets tpipe's own lines; Ray's warnings and the dead worker's report go to the log.
+    assert len(proc.stderr.splitlines()) <= 2, proc.stderr[-3000:]
+    (log,) = (home / "runs").glob("*/tpipe.log")
+    assert log.stat().st_size > 0
     key = first_run["results"]["encode"].key
-    ours = json.loads((home / "artifacts" / "encode" / key / "manifest.json").read_text())
-    ref = json.loads((first_run["results"]["encode"].out_dir / "manifest.json").read_text())
+    ours = json.loads((home / "artifacts" / "encode" / key / "_manifest.json").read_text())
+    ref = json.loads((first_run["results"]["encode"].out_dir / "_manifest.json").read_text())
     assert ours["splits"] == ref["splits"]
 
 
@@ -507,7 +511,7 @@ def test_truncated_encode_shard_is_redone_not_trained_on(first_run, home):
     from pipeline.runner import run_pipeline
 
     encode_dir = first_run["results"]["encode"].out_dir
-    before = json.loads((encode_dir / "manifest.json").read_text())["splits"]
+    before = json.loads((encode_dir / "_manifest.json").read_text())["splits"]
     shard = encode_dir / before["train"][0]["file"]
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
@@ -515,4 +519,4 @@ def test_truncated_encode_shard_is_redone_not_trained_on(first_run, home):
     ran = [n for n, r in again["results"].items() if not r.cached]
     assert ran == ["encode"], ran
     assert shard.read_bytes() == data
-    assert json.loads((encode_dir / "manifest.json").read_text())["splits"] == before
+    assert json.loads((encode_dir / "_manifest.json").read_text())["splits"] == before

@@ -83,6 +83,23 @@ def test_plain_lightning_loop_learns_to_copy():
     assert trainer.callback_metrics["train/accuracy"] > 0.5
 
 
+def test_load_from_checkpoint_rebuilds_the_module(tmp_path):
+    """`Seq2SeqModule.load_from_checkpoint(ckpt)` needs no arguments: the configs travel in the
+    checkpoint as plain values (loadable with weights_only=True, no pickled classes)."""
+    import lightning as L
+
+    model_cfg = small_model_cfg(d_model=16, d_ff=32)
+    module = Seq2SeqModule(model_cfg, TrainConfig(max_steps=1, warmup_steps=1), tgt_lang="zh")
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([copy_batch(torch.Generator())], batch_size=None))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    loaded = Seq2SeqModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
+    assert loaded.model_cfg == model_cfg and loaded.train_cfg == module.train_cfg and loaded.tgt_lang == "zh"
+    for name, value in module.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name
+
+
 def test_steps_between_logging_steps_read_nothing_back_from_the_device(monkeypatch):
     """On a GPU every .item() (or bool/float of a tensor) waits for the queued kernels: one per step
     stalls the host and costs throughput (bench/gpu_train.py). CPU has no such wait, so this counts

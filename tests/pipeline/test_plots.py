@@ -42,3 +42,24 @@ def test_heatmap_refuses_tokens_that_do_not_match(tmp_path):
         attention_heatmap_png(ins, list("abcde"), list("xyz"), tmp_path / "x.png", head=9)
     with pytest.raises(ValueError, match="no attention weights"):
         attention_heatmap_png({}, [], [], tmp_path / "x.png")
+
+
+def test_tokens_labelled_by_text_where_whole_and_escapes_where_not(tmp_path):
+    """Byte-level pieces of a character are escaped, CJK is drawn with a CJK font when the machine has
+    one (escaped otherwise), and no glyph is missing: matplotlib warns about none."""
+    import warnings
+
+    import numpy as np
+
+    from pipeline.plots import label_fonts, token_label
+
+    has_cjk = any(ord("中") in cmap for _, cmap in label_fonts())
+    assert token_label(b" the") == " the" and token_label("</s>") == "</s>"
+    assert token_label(b"\xe4\xb8") == "\\xe4\\xb8"  # two bytes of a three-byte character
+    assert token_label("中".encode()) == ("中" if has_cjk else "\\u4e2d")
+    assert token_label("\n") == "\\x0a"
+    src = ["中".encode(), b"\xe4\xb8", b"\xad", " 文".encode(), "🙂".encode()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attention_heatmap_png({"cross": [np.full((2, 5), 0.2)]}, src, [b"<s>", "日".encode()], tmp_path / "zh.png")
+    assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]

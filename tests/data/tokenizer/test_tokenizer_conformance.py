@@ -106,3 +106,15 @@ def test_hf_loads_char_bpe_tokenizer_json(corpus_file, tmp_path, make_text):
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     text = make_text(100_000, seed=8) + " ⓩunseen"
     assert tok.encode(text) == hf.encode(text, add_special_tokens=False).ids
+
+
+def test_transformers_autotokenizer_knows_the_special_tokens(small_tok, tmp_path):
+    """`AutoTokenizer.from_pretrained(dir)` gets pad/bos/eos with our ids and encodes as we do."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    small_tok.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert (hf.pad_token, hf.bos_token, hf.eos_token) == ("<pad>", "<s>", "</s>")
+    assert (hf.pad_token_id, hf.bos_token_id, hf.eos_token_id) == (small_tok.pad_id, small_tok.bos_id, small_tok.eos_id)
+    text = "über 中文 🙂 the end"
+    assert hf.encode(text, add_special_tokens=False) == small_tok.encode(text)
+    assert hf.decode(small_tok.encode(text)) == text

@@ -13,7 +13,8 @@ from data.tokenizer.tokenizer import META_FILE
 def test_save_load_round_trip(small_tok, tmp_path):
     small_tok.save(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["merges.txt", "tokenizer.json", META_FILE, "vocab.json"]
+    assert names == ["merges.txt", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", META_FILE,
+                     "vocab.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert (tmp_path / "merges.txt").read_text(encoding="utf-8").startswith("#version: 0.2\n")
     meta = json.loads((tmp_path / META_FILE).read_text(encoding="utf-8"))

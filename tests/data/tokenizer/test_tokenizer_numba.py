@@ -48,15 +48,38 @@ def test_auto_choice():
         merge_backend("fast", 10)
 
 
-def test_compiled_encoding_identical(small_tok, make_text):
-    from data.tokenizer.tokenizer import BPETokenizer
+def test_encoding_never_loads_numba(small_tok, tmp_path):
+    """Encoding is plain Python (numba lost there even when cached), so a cold `tpipe translate`
+    never pays numba's import and compilation, and loading a model writes no numba cache anywhere."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    text = make_text(100_000, seed=21) + " " + "x" * 900 + " " + "中" * 600
-    py = BPETokenizer(small_tok.kind, small_tok.tokens, small_tok.merges, small_tok.special_tokens,
-                      small_tok.pattern, small_tok.max_pretoken_chars)
-    py.merge_backend = "python"
-    nb = BPETokenizer(small_tok.kind, small_tok.tokens, small_tok.merges, small_tok.special_tokens,
-                      small_tok.pattern, small_tok.max_pretoken_chars)
-    nb.merge_backend = "numba"
-    assert nb.encode(text) == py.encode(text)
-    assert nb._table is not None and nb._table is not False and py._table is False
+    small_tok.save(tmp_path / "tok")
+    code = (
+        "import sys; from data.tokenizer import load_tokenizer; tok = load_tokenizer(sys.argv[1]);"
+        "ids = tok.encode_batch(['The quick brown fox jumps over the lazy dog, again and again.'] * 3 + ['中文 x' * 50]);"
+        "assert all(ids); print(sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'llvmlite') "
+        "or m.endswith('_bpe_numba')))"
+    )
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tok")], capture_output=True, text=True,
+                          cwd=root, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "HOME": str(tmp_path)},
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
+def test_compiled_code_cached_in_the_user_cache_dir(tmp_path):
+    """numba's cache lives under ~/.cache/tpipe/numba ($XDG_CACHE_HOME), never beside the source file,
+    which may be a model's code inside an MLflow artifact store."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import data.tokenizer._bpe_numba as m; print(m._learn._cache._cache_path)"
+    root = Path(__file__).resolve().parents[3]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().startswith(str(tmp_path / "xdg" / "tpipe" / "numba"))
