@@ -177,25 +177,18 @@ def read_json(path: str) -> Any:
 
 
 @contextmanager
-def file_lock(path: str, *, wait: bool = True, on_wait: Any = None) -> Iterator[IO[str]]:
+def file_lock(path: str, *, wait: bool = True) -> Iterator[IO[str]]:
     """An exclusive lock on `path` (created if missing) for the block; yields the open lock file.
 
     fcntl.flock: the kernel releases it when the holder's process ends, however it ends, so a lock
     left by a killed process never blocks anyone. With `wait=False` a held lock raises
-    BlockingIOError at once; otherwise `on_wait(lock_file)` is called once before blocking.
+    BlockingIOError at once instead of waiting for it.
     """
     import fcntl
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise
-            if on_wait is not None:
-                on_wait(f)
-            fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             yield f
         finally:
