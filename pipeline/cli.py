@@ -1,12 +1,14 @@
 """The `tpipe` command line.
 
     tpipe run [CONFIG] [key.sub=value ...]     corpus -> tokenizer -> model -> registry -> evaluation
+    tpipe sweep [CONFIG] --space SPACE.yaml    hyperparameter search on Ray Tune; best trial registered
     tpipe config [CONFIG] [overrides] [--keys] print the resolved config (or every key with its help)
     tpipe status [RUN]                         steps of a pipeline run with state, duration, output
     tpipe evaluate MODEL_URI                   score a registered model on a split or a file
     tpipe submit [CONFIG] [overrides]          the pipeline as a Ray job on a cluster
     tpipe jobs list|status|logs|stop           submitted jobs
     tpipe translate MODEL_URI TEXT...          translate a few sentences
+    tpipe translate MODEL_URI --input F --output G   a whole corpus, on Ray Data
     tpipe ui                                   the MLflow UI for the configured store, on 127.0.0.1
     tpipe tokenizer ...                        train / encode / decode / explain tokenizers
 
@@ -51,6 +53,18 @@ def cmd_run(args) -> int:
     out = run_pipeline(cfg, from_step=args.from_step, until_step=args.until_step, address=args.address)
     if args.json:
         print(json.dumps(out["summary"], ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    cfg = _load(args)  # the base config and the whole space are checked before Ray or MLflow start
+    from pipeline.sweep import load_space
+
+    load_space(args.space, cfg)
+    from pipeline.sweep import run_sweep
+
+    out = run_sweep(cfg, args.space, trials=args.trials, address=args.address)
+    print(f"best config: {out['best_config']}  (tpipe run {out['best_config']})")
     return 0
 
 
@@ -101,6 +115,8 @@ def _setup_tracking() -> str:
 
 
 def cmd_translate(args) -> int:
+    if args.input or args.output:
+        return _translate_corpus(args)
     _setup_tracking()
     import mlflow
 
@@ -109,6 +125,43 @@ def cmd_translate(args) -> int:
     for src, hyp in zip(texts, model.predict(texts)):
         print(f"{src}\t{hyp}")
     return 0
+
+
+def _translate_corpus(args) -> int:
+    """`tpipe translate MODEL_URI --input PATH_OR_URI --output PATH_OR_URI`: a whole corpus on Ray Data."""
+    if not (args.input and args.output) or args.text:
+        raise UserError("translate a corpus with both --input and --output (and no sentences on the command line)")
+    from pipeline.batch_translate import (
+        TranslateError, check_output, plan_translation, read_corpus, translate_plan, write_translations,
+    )
+    from pipeline.runner import connect_ray
+
+    # Everything a user can get wrong is checked before Ray starts: output, input, model URI.
+    check_output(args.output)
+    corpus = read_corpus(args.input, args.column)
+    if not corpus.lines:
+        raise TranslateError(f"input {args.input} has no lines to translate")
+    uri = _setup_tracking()
+    plan = plan_translation(args.model_uri, corpus.lines, uri, _decoding_overrides(args))
+    started = connect_ray(args.address, None)
+    try:
+        translations, stats = translate_plan(plan, tracking_uri=uri, actors=args.actors,
+                                             progress=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    meta = plan.metadata() | {"input": args.input, "invalid_utf8_lines": corpus.invalid_utf8_lines} | {
+        k: stats[k] for k in ("actors", "sentences_per_second", "tokens_per_second", "padding_fraction")}
+    write_translations(args.output, corpus.lines, translations, meta)
+    print(f"{len(translations)} lines -> {args.output}  ({plan.version_uri}; {stats['sentences_per_second']} "
+          f"sentences/s, {stats['tokens_per_second']} tokens/s, {stats['actors']} actors)")
+    return 0
+
+
+def _decoding_overrides(args) -> dict:
+    return {"beam_size": args.beam, "max_len": args.max_len, "batch_size": args.batch_size}
 
 
 def _read_tsv(path: str) -> list[tuple[str, str]]:
@@ -237,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the run summary as JSON at the end")
     r.set_defaults(func=cmd_run)
 
+    sw = sub.add_parser("sweep", help="search hyperparameters on Ray Tune; register and evaluate the best trial",
+                        description="Trials of the pipeline's train step on Ray Tune (ASHA on validation loss), over a "
+                                    "search space of config keys. Data steps run once; a re-run continues the sweep.")
+    sw.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
+    sw.add_argument("--space", required=True, metavar="SPACE.yaml",
+                    help="config keys to search: 'train.lr: {loguniform: [1e-4, 1e-2]}', choice, uniform, grid")
+    sw.add_argument("--trials", type=int, default=4, help="trials drawn per grid point (default 4)")
+    sw.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    sw.set_defaults(func=cmd_sweep)
+
     c = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     c.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
     c.add_argument("--keys", action="store_true", help="list every config key, its default and what it means")
@@ -280,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("translate", help="translate sentences with a registered model")
     t.add_argument("model_uri", help="e.g. models:/tpipe-demo@champion")
     t.add_argument("text", nargs="*", help="sentences (default: lines of stdin)")
+    t.add_argument("--input", default=None, metavar="PATH_OR_URI",
+                   help="a whole corpus: text (one sentence a line), TSV (first field) or Parquet (--column)")
+    t.add_argument("--output", default=None, metavar="PATH_OR_URI",
+                   help="where the translations go: .parquet (source, translation) or text, one a line")
+    t.add_argument("--column", default=None, help="Parquet input: the column to translate (default text, else src)")
+    t.add_argument("--actors", type=int, default=None, help="decoding actors (default: one per CPU of the cluster)")
+    t.add_argument("--beam", type=int, default=None, help="beam size (default: the model's decoding settings)")
+    t.add_argument("--max-len", type=int, default=None, help="longest translation in tokens (default: the model's)")
+    t.add_argument("--batch-size", type=int, default=None, help="sentences per decoding batch (default: the model's)")
+    t.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     t.set_defaults(func=cmd_translate)
 
     u = sub.add_parser("ui", help="open the MLflow UI for the configured store on 127.0.0.1")

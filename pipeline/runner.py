@@ -64,8 +64,13 @@ def run_pipeline(
     address: str | None = None,
     steps: list[Step] | None = None,
     quiet: bool = False,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) the pipeline for `cfg`; returns {"run_dir", "results", "summary"}."""
+    """Run (or continue) the pipeline for `cfg`; returns {"run_dir", "results", "summary"}.
+
+    `parent_run_id`: an existing MLflow run to run under (`tpipe sweep` passes its own) instead of
+    a new pipeline run, on the first run of this config.
+    """
     import mlflow
 
     from pipeline.tracking import check_tracking_server, log_artifact_file, log_dict_params, setup_mlflow
@@ -108,6 +113,8 @@ def run_pipeline(
     (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
     parent_file = run_dir / "mlflow_run_id"
+    if parent_run_id is not None and not parent_file.exists():
+        parent_file.write_text(parent_run_id)
     parent_id = parent_file.read_text().strip() if parent_file.exists() else None
     if parent_id is not None:
         try:
