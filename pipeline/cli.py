@@ -176,7 +176,7 @@ def _read_tsv(path: str) -> list[tuple[str, str]]:
 
 
 def cmd_evaluate(args) -> int:
-    _setup_tracking()
+    tracking_uri = _setup_tracking()
     from pipeline.evaluate import (
         evaluate_pyfunc, record_evaluation, resolve_version, split_pairs_of_version,
     )
@@ -192,9 +192,26 @@ def cmd_evaluate(args) -> int:
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
     uris = [f"models:/{name}/{version}"] + ([args.compare] if args.compare else [])
     results = []
-    for uri in uris:
-        params = {"beam_size": args.beam} if args.beam else None
-        results.append(evaluate_pyfunc(uri, sources, refs, args.tgt_lang, params=params))
+    large = len(sources) >= args.ray_above > 0
+    ray_started = False
+    try:
+        for uri in uris:
+            params = {"beam_size": args.beam} if args.beam else None
+            translate = None
+            if large:  # on Ray Data, every CPU of the cluster: pipeline/batch_translate.py
+                from pipeline.batch_translate import plan_translation, translate_plan
+                from pipeline.runner import connect_ray
+
+                plan = plan_translation(uri, sources, tracking_uri, params)
+                ray_started |= connect_ray(None, None)
+                translate = lambda _s, plan=plan: translate_plan(  # noqa: E731
+                    plan, tracking_uri=tracking_uri, progress=lambda line: print(line, file=sys.stderr, flush=True))[0]
+            results.append(evaluate_pyfunc(uri, sources, refs, args.tgt_lang, params=params, translate=translate))
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
     run_id = record_evaluation(name, version, results[0], data=data)
     header = f"{'metric':22s}" + "".join(f"{u:>34s}" for u in uris)
     print(header)
@@ -316,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test", help="a split of the data the model was trained on (default test)")
     e.add_argument("--beam", type=int, default=None, help="beam size (default: the model's configured decoding)")
     e.add_argument("--max-sentences", type=int, default=0, help="evaluate at most this many (0: all)")
+    e.add_argument("--ray-above", type=int, default=5000, metavar="N",
+                   help="translate on Ray Data, every CPU, when the set has at least N sentences (0: never; default 5000)")
     e.add_argument("--tgt-lang", default="zh", help="target language, picks sacreBLEU's tokenizer (default zh)")
     e.add_argument("--compare", default=None, help="another model URI scored side by side, e.g. models:/NAME@champion")
     e.add_argument("--promote", default=None, metavar="ALIAS", help="move ALIAS to this version if it scores better")

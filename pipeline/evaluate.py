@@ -48,11 +48,14 @@ def score(hypotheses: list[str], references: list[str], tgt_lang: str = "en") ->
 
 
 def evaluate_pyfunc(
-    model_uri: str, sources: list[str], references: list[str], tgt_lang: str, params: dict[str, Any] | None = None
+    model_uri: str, sources: list[str], references: list[str], tgt_lang: str, params: dict[str, Any] | None = None,
+    translate=None,
 ) -> dict[str, Any]:
     """Load a registered model through MLflow (as a user would) and score it on (sources, references).
 
-    `params` change the decoding for this evaluation, e.g. {"beam_size": 5}.
+    `params` change the decoding for this evaluation, e.g. {"beam_size": 5}. `translate`, when
+    given, produces the translations instead of the loaded model's predict (`tpipe evaluate` passes
+    the Ray Data path of pipeline/batch_translate.py for a large set: the same output, on every CPU).
     """
     import mlflow
 
@@ -64,7 +67,10 @@ def evaluate_pyfunc(
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hyps = list(pyfunc.predict(sources, params=params) if params else pyfunc.predict(sources))
+    if translate is not None:
+        hyps = list(translate(sources))
+    else:
+        hyps = list(pyfunc.predict(sources, params=params) if params else pyfunc.predict(sources))
     decode_s = time.perf_counter() - t0
     result = score(hyps, references, tgt_lang)
     # Loss and perplexity need the network itself, not just its translations.

@@ -79,19 +79,22 @@ def load_space(path: str | Path, base: PipelineConfig) -> list[Dimension]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{p}: expected a mapping of config keys to distributions, e.g. 'train.lr: {{loguniform: [1e-4, 1e-2]}}'")
     defaults = base.to_dict()
-    dims = [_dimension(p, key, spec, defaults) for key, spec in _flatten(raw)]
+    dims = [_dimension(p, key, spec, defaults) for key, spec in _flatten(raw, defaults)]
     for d in dims:
-        for value in (d.values if d.kind in ("choice", "grid") else d.values):
+        for value in d.values:  # every choice and grid point; a range's two ends
             _check_value(p, base, d.key, value)
     return dims
 
 
-def _flatten(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def _flatten(raw: dict[str, Any], sections: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """{'train': {'lr': SPEC}} -> [('train.lr', SPEC)]: a mapping under a config section is read as
+    more keys, any other mapping as a distribution."""
     out = []
     for k, v in raw.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and not (len(v) == 1 and next(iter(v)) in DISTRIBUTIONS):
-            out += _flatten(v, key + ".")
+        key, node = f"{prefix}{k}", sections.get(k) if isinstance(sections, dict) else None
+        is_spec = isinstance(v, dict) and len(v) == 1 and next(iter(v)) in DISTRIBUTIONS
+        if isinstance(v, dict) and isinstance(node, dict) and not is_spec:
+            out += _flatten(v, node, key + ".")
         else:
             out.append((key, v))
     return out

@@ -122,16 +122,30 @@ def registered(tmp_path_factory):
         yield {"home": home, "tracking_uri": uri, "model_uri": model_uri, "package": root / "package"}
 
 
+def _translate_in_one_thread(package: Path, lines: list[str], **overrides) -> list[str]:
+    """Translator's output, with one torch thread as each actor has (and no thread spinning on a busy
+    machine)."""
+    import torch
+
+    from pipeline.translate import Translator
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Translator(package).translate(lines, **overrides)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 def test_20000_lines_equal_translator_in_order_despite_a_killed_actor(registered, tmp_path, monkeypatch):
     """Two actors decode 20,000 lines; the one handed plan batch 150 SIGKILLs itself half-way.
     Ray Data restarts it and reruns its batches: the output is Translator's, line for line, in order."""
     from pipeline.batch_translate import plan_translation, translate_plan
-    from pipeline.translate import Translator
 
     lines = _lines(20000)
     lines[7] = ""  # an empty line keeps its place too
-    expected = Translator(registered["package"]).translate(lines)
+    expected = _translate_in_one_thread(registered["package"], lines)
     plan = plan_translation(registered["model_uri"], lines, registered["tracking_uri"])
     assert plan.padding_fraction < 0.10
     marker = tmp_path / "killed"
@@ -147,7 +161,6 @@ def test_cli_translates_a_file_to_parquet_with_the_version_in_its_metadata(regis
     import pyarrow.parquet as pq
 
     from pipeline.cli import main
-    from pipeline.translate import Translator
 
     lines = _lines(300, seed=9)
     (tmp_path / "in.txt").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
@@ -160,7 +173,30 @@ def test_cli_translates_a_file_to_parquet_with_the_version_in_its_metadata(regis
     assert "sentences/s" in err and "tokens/s" in err  # progress with throughput
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column("source").to_pylist() == lines
-    assert table.column("translation").to_pylist() == Translator(registered["package"]).translate(lines, max_len=6)
+    assert table.column("translation").to_pylist() == _translate_in_one_thread(registered["package"], lines, max_len=6)
     meta = json.loads(table.schema.metadata[b"tpipe"])
     assert meta["model_version"] == 1 and meta["model_uri"] == f"models:/{name}@candidate"
     assert meta["generation"]["max_len"] == 6 and meta["lines"] == 300
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_large_set_takes_the_ray_data_path_with_the_same_scores(registered, tmp_path, capsys, request):
+    from pipeline.cli import main
+
+    lines = _lines(400, seed=11)
+    (tmp_path / "set.tsv").write_text("".join(f"{s}\t{s}\n" for s in lines), encoding="utf-8")
+    name = registered["model_uri"].split("/")[1]
+    import torch
+
+    scores = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # this process's decoding (the second pass) as an actor's, one thread
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    for ray_above in ("100", "0"):  # 400 sentences: on Ray Data, then in this process
+        assert main(["evaluate", f"models:/{name}/1", "--data", str(tmp_path / "set.tsv"), "--ray-above", ray_above,
+                     "--tgt-lang", "en", "--json"]) == 0
+        out = capsys.readouterr()
+        scores.append({k: v for k, v in json.loads(out.out.strip().splitlines()[-1])[0].items()
+                       if k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss")})
+        assert ("translated 400/400 lines" in out.err) == (ray_above == "100")
+    assert scores[0] == scores[1]
