@@ -353,6 +353,7 @@ def run_sweep(
         data_seconds = 0.0
         with mlflow.start_run(run_id=state.parent_run_id):
             for fp, c in by_fingerprint.items():
+                (folder / f"data-{fp}").mkdir(exist_ok=True)
                 data_run = PipelineRun(c, STEPS, artifacts, folder / f"data-{fp}", step_scope=mlflow_step_run)
                 results = data_run.run(until_step="encode")
                 data_seconds += sum(r.seconds for r in results.values())
@@ -383,14 +384,14 @@ def run_sweep(
             mlflow.log_metric("sweep/best_val_loss", best.last_val_loss)
             mlflow.log_artifact(str(best_yaml), "sweep")
             mlflow.log_dict([r.__dict__ for r in rows], "sweep/trials.json")
+        # The best trial through the ordinary pipeline: data and train reused, register + evaluate
+        # run, nested under the sweep's run. @champion moves only if the evaluation says so.
+        pipeline = run_pipeline(best_cfg, address=address, quiet=quiet, parent_run_id=state.parent_run_id)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    # The best trial through the ordinary pipeline: data and train reused, register + evaluate run,
-    # nested under the sweep's run. @champion moves only if the evaluation says so.
-    pipeline = run_pipeline(best_cfg, address=address, quiet=quiet, parent_run_id=state.parent_run_id)
     return {
         "folder": folder, "rows": rows, "best": best, "best_config": best_yaml, "pipeline": pipeline,
         "data_seconds": data_seconds, "tune_seconds": tune_seconds, "state": state,
@@ -404,8 +405,9 @@ def _tune(base, configs, state, folder, artifacts, tracking_uri, rows, say):
         "configs": [c.to_dict() for c in configs], "trial_run_ids": state.trial_run_ids, "folder": str(folder),
         "artifacts": str(artifacts), "tracking_uri": tracking_uri,
     }
-    # The trial function only drives its Ray Train run (whose workers hold the CPUs): no CPU of its own.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": 0})
+    # The trial function only drives its Ray Train run (whose workers hold the CPUs): no CPU of its
+    # own (a CPU each would leave no room for the workers). Tune wants some resource: a token of memory.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": 0, "memory": 1 << 20})
     storage = str(Path(artifacts).parent / "ray_results")
     path = f"{storage}/{state.name}"
     table = _LiveTable(rows, say)
