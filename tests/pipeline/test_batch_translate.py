@@ -96,7 +96,8 @@ def test_cli_refuses_bad_input_and_model_in_one_line_before_ray(tmp_path, monkey
     was_up = ray.is_initialized()
     for argv, message in cases:
         assert main(["translate", *argv]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
+        err = [line for line in capsys.readouterr().err.strip().splitlines()
+               if "mlflow.store.db.utils" not in line]  # MLflow's notes on creating a new store
         assert len(err) == 1 and err[0].startswith("tpipe: ") and message in err[0], err
     assert ray.is_initialized() == was_up  # refused before Ray was asked for
     assert not (tmp_path / "o.txt").exists()
