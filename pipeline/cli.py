@@ -1,12 +1,14 @@
 """The `tpipe` command line.
 
     tpipe run [CONFIG] [key.sub=value ...]     corpus -> tokenizer -> model -> registry -> evaluation
+    tpipe sweep [CONFIG] --space SPACE.yaml    hyperparameter search on Ray Tune; best trial registered
     tpipe config [CONFIG] [overrides] [--keys] print the resolved config (or every key with its help)
     tpipe status [RUN]                         steps of a pipeline run with state, duration, output
     tpipe evaluate MODEL_URI                   score a registered model on a split or a file
     tpipe submit [CONFIG] [overrides]          the pipeline as a Ray job on a cluster
     tpipe jobs list|status|logs|stop           submitted jobs
     tpipe translate MODEL_URI TEXT...          translate a few sentences
+    tpipe translate MODEL_URI --input F --output G   a whole corpus, on Ray Data
     tpipe ui                                   the MLflow UI for the configured store, on 127.0.0.1
     tpipe tokenizer ...                        train / encode / decode / explain tokenizers
 
@@ -66,6 +68,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    cfg = _load(args)  # the base config and the whole space are checked before Ray or MLflow start
+    from pipeline.sweep import load_space
+
+    load_space(args.space, cfg)
+    from pipeline.sweep import run_sweep
+
+    out = run_sweep(cfg, args.space, trials=args.trials, address=args.address)
+    print(f"best config: {out['best_config']}  (tpipe run {out['best_config']})")
+    return 0
+
+
 def cmd_config(args) -> int:
     cfg = _load(args)
     if args.keys:  # the values of this config (defaults, the named config and the overrides applied)
@@ -120,6 +134,9 @@ def _setup_tracking() -> str:
 
 
 def cmd_translate(args) -> int:
+    if args.input or args.output:
+        return _translate_corpus(args)
+
     from pipeline.registry import ModelNotFound, resolve_model_uri
 
     if ":/" not in args.model_uri and not os.path.isdir(args.model_uri):  # before MLflow is imported
@@ -144,6 +161,43 @@ def cmd_translate(args) -> int:
     for src, hyp in zip(texts, model.predict(texts)):
         print(f"{src}\t{hyp}")
     return 0
+
+
+def _translate_corpus(args) -> int:
+    """`tpipe translate MODEL_URI --input PATH_OR_URI --output PATH_OR_URI`: a whole corpus on Ray Data."""
+    if not (args.input and args.output) or args.text:
+        raise UserError("translate a corpus with both --input and --output (and no sentences on the command line)")
+    from pipeline.batch_translate import (
+        TranslateError, check_output, plan_translation, read_corpus, translate_plan, write_translations,
+    )
+    from pipeline.runner import connect_ray
+
+    # Everything a user can get wrong is checked before Ray starts: output, input, model URI.
+    check_output(args.output)
+    corpus = read_corpus(args.input, args.column)
+    if not corpus.lines:
+        raise TranslateError(f"input {args.input} has no lines to translate")
+    uri = _setup_tracking()
+    plan = plan_translation(args.model_uri, corpus.lines, uri, _decoding_overrides(args))
+    started = connect_ray(args.address, None)
+    try:
+        translations, stats = translate_plan(plan, tracking_uri=uri, actors=args.actors,
+                                             progress=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    meta = plan.metadata() | {"input": args.input, "invalid_utf8_lines": corpus.invalid_utf8_lines} | {
+        k: stats[k] for k in ("actors", "sentences_per_second", "tokens_per_second", "padding_fraction")}
+    write_translations(args.output, corpus.lines, translations, meta)
+    print(f"{len(translations)} lines -> {args.output}  ({plan.version_uri}; {stats['sentences_per_second']} "
+          f"sentences/s, {stats['tokens_per_second']} tokens/s, {stats['actors']} actors)")
+    return 0
+
+
+def _decoding_overrides(args) -> dict:
+    return {"beam_size": args.beam, "max_len": args.max_len, "batch_size": args.batch_size}
 
 
 def _read_tsv(path: str) -> list[tuple[str, str]]:
@@ -171,7 +225,7 @@ def cmd_evaluate(args) -> int:
 
     if not args.data:
         check_split(args.split)  # before the store is opened
-    _setup_tracking()
+    tracking_uri = _setup_tracking()
     from pipeline.registry import alias_version, promote_if_better
 
     name, version = resolve_version(args.model_uri)
@@ -190,29 +244,50 @@ def cmd_evaluate(args) -> int:
     params = {"beam_size": args.beam} if args.beam else None
     uris = [f"models:/{name}/{version}"] + ([args.compare] if args.compare else [])
     compared = resolve_version(args.compare) if args.compare else None
-    results = [evaluate_pyfunc(uri, sources, refs, tgt_lang, params=params, data=identity) for uri in uris]
-    # The test split with the model's own decoding is the version's headline score (eval.bleu, ...).
-    run_id = record_evaluation(name, version, results[0], canonical=split == "test" and params is None)
-    header = f"{'metric':22s}" + "".join(f"{u:>34s}" for u in uris)
-    print(header)
-    for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perplexity", "sentences_per_second"):
-        print(f"{k:22s}" + "".join(f"{r.get(k, '-'):>34}" for r in results))
-    print(f"sentences: {len(pairs)} ({data}, sha256 {identity['sha256'][:12]}); evaluation run {run_id}")
-    print(f"sacreBLEU {results[0]['signature']['bleu']}")
-    print(f"chrF      {results[0]['signature']['chrf']}")
-    print(f"TER       {results[0]['signature']['ter']}")
-    if args.promote:
-        # Promotion compares this version with the alias's holder on these same sentences: the
-        # --compare result when it is the holder, else the holder is scored here.
-        holder = alias_version(name, args.promote)
-        held = None
-        if holder is not None and holder != version:
-            held = results[1] if compared == (name, holder) else evaluate_pyfunc(
-                f"models:/{name}/{holder}", sources, refs, tgt_lang, params=params, data=identity)
-        moved, message = promote_if_better(name, version, args.metric, results[0], held, alias=args.promote)
-        print(f"promotion: {message}")
-    if args.json:
-        print(json.dumps([{k: v for k, v in r.items() if k != "samples"} for r in results], ensure_ascii=False))
+    large = len(sources) >= args.ray_above > 0
+    ray_started = False
+
+    def score(uri: str) -> dict:
+        nonlocal ray_started
+        translate = None
+        if large:  # on Ray Data, every CPU of the cluster: pipeline/batch_translate.py
+            from pipeline.batch_translate import plan_translation, translate_plan
+            from pipeline.runner import connect_ray
+
+            plan = plan_translation(uri, sources, tracking_uri, params)
+            ray_started |= connect_ray(None, None)
+            translate = lambda _s, plan=plan: translate_plan(  # noqa: E731
+                plan, tracking_uri=tracking_uri, progress=lambda line: print(line, file=sys.stderr, flush=True))[0]
+        return evaluate_pyfunc(uri, sources, refs, tgt_lang, params=params, data=identity, translate=translate)
+
+    try:
+        results = [score(uri) for uri in uris]
+        # The test split with the model's own decoding is the version's headline score (eval.bleu, ...).
+        run_id = record_evaluation(name, version, results[0], canonical=split == "test" and params is None)
+        header = f"{'metric':22s}" + "".join(f"{u:>34s}" for u in uris)
+        print(header)
+        for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perplexity", "sentences_per_second"):
+            print(f"{k:22s}" + "".join(f"{r.get(k, '-'):>34}" for r in results))
+        print(f"sentences: {len(pairs)} ({data}, sha256 {identity['sha256'][:12]}); evaluation run {run_id}")
+        print(f"sacreBLEU {results[0]['signature']['bleu']}")
+        print(f"chrF      {results[0]['signature']['chrf']}")
+        print(f"TER       {results[0]['signature']['ter']}")
+        if args.promote:
+            # Promotion compares this version with the alias's holder on these same sentences: the
+            # --compare result when it is the holder, else the holder is scored here.
+            holder = alias_version(name, args.promote)
+            held = None
+            if holder is not None and holder != version:
+                held = results[1] if compared == (name, holder) else score(f"models:/{name}/{holder}")
+            moved, message = promote_if_better(name, version, args.metric, results[0], held, alias=args.promote)
+            print(f"promotion: {message}")
+        if args.json:
+            print(json.dumps([{k: v for k, v in r.items() if k != "samples"} for r in results], ensure_ascii=False))
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
     return 0
 
 
@@ -354,6 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the run summary as JSON at the end")
     r.set_defaults(func=cmd_run)
 
+    sw = sub.add_parser("sweep", help="search hyperparameters on Ray Tune; register and evaluate the best trial",
+                        description="Trials of the pipeline's train step on Ray Tune (ASHA on validation loss), over a "
+                                    "search space of config keys. Data steps run once; a re-run continues the sweep.")
+    sw.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
+    sw.add_argument("--space", required=True, metavar="SPACE.yaml",
+                    help="config keys to search: 'train.lr: {loguniform: [1e-4, 1e-2]}', choice, uniform, grid")
+    sw.add_argument("--trials", type=int, default=4, help="trials drawn per grid point (default 4)")
+    sw.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    sw.set_defaults(func=cmd_sweep)
+
     c = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     c.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=items_help)
     c.add_argument("--keys", action="store_true", help="list every config key, its value in this config and what it means")
@@ -370,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test", help="a split of the data the model was trained on (default test)")
     e.add_argument("--beam", type=int, default=None, help="beam size (default: the model's configured decoding)")
     e.add_argument("--max-sentences", type=int, default=0, help="evaluate at most this many (0: all)")
+    e.add_argument("--ray-above", type=int, default=5000, metavar="N",
+                   help="translate on Ray Data, every CPU, when the set has at least N sentences (0: never; default 5000)")
     e.add_argument("--tgt-lang", default=None,
                    help="target language, picks sacreBLEU's tokenizer (default: the language the model translates into)")
     e.add_argument("--compare", default=None, help="another model URI scored side by side, e.g. models:/NAME@champion")
@@ -400,6 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("translate", help="translate sentences with a registered model")
     t.add_argument("model_uri", help="e.g. models:/tpipe-demo@champion")
     t.add_argument("text", nargs="*", help="sentences (default: lines of stdin)")
+    t.add_argument("--input", default=None, metavar="PATH_OR_URI",
+                   help="a whole corpus: text (one sentence a line), TSV (first field) or Parquet (--column)")
+    t.add_argument("--output", default=None, metavar="PATH_OR_URI",
+                   help="where the translations go: .parquet (source, translation) or text, one a line")
+    t.add_argument("--column", default=None, help="Parquet input: the column to translate (default text, else src)")
+    t.add_argument("--actors", type=int, default=None, help="decoding actors (default: one per CPU of the cluster)")
+    t.add_argument("--beam", type=int, default=None, help="beam size (default: the model's decoding settings)")
+    t.add_argument("--max-len", type=int, default=None, help="longest translation in tokens (default: the model's)")
+    t.add_argument("--batch-size", type=int, default=None, help="sentences per decoding batch (default: the model's)")
+    t.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     t.set_defaults(func=cmd_translate)
 
     u = sub.add_parser("ui", help="open the MLflow UI for the configured store on 127.0.0.1")

@@ -74,12 +74,15 @@ EVAL_CHUNK = 512  # sentences per predict call (several decoding batches; sorted
 def evaluate_pyfunc(
     model_uri: str, sources: list[str], references: list[str], tgt_lang: str, params: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    translate=None,
 ) -> dict[str, Any]:
     """Load a registered model through MLflow (as a user would) and score it on (sources, references).
 
     `params` change the decoding for this evaluation, e.g. {"beam_size": 5}; without them the
     model decodes with its own settings. The result records the decoding used and `data`
-    (data_identity of the pairs, computed here when not given).
+    (data_identity of the pairs, computed here when not given). `translate`, when given, produces
+    the translations instead of the loaded model's predict (`tpipe evaluate` passes the Ray Data
+    path of pipeline/batch_translate.py for a large set: the same output, on every CPU).
     """
     import warnings
 
@@ -93,13 +96,16 @@ def evaluate_pyfunc(
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hyps: list[str] = []
-    progress = Progress(f"evaluate {model_uri}", len(sources), "sentences")
-    for start in range(0, len(sources), EVAL_CHUNK):  # a chunk per call, so progress can be reported
-        chunk = sources[start : start + EVAL_CHUNK]
-        hyps += list(pyfunc.predict(chunk, params=params) if params else pyfunc.predict(chunk))
-        progress.update(len(chunk))
-    progress.close()
+    if translate is not None:
+        hyps = list(translate(sources))
+    else:
+        hyps: list[str] = []
+        progress = Progress(f"evaluate {model_uri}", len(sources), "sentences")
+        for start in range(0, len(sources), EVAL_CHUNK):  # a chunk per call, so progress can be reported
+            chunk = sources[start : start + EVAL_CHUNK]
+            hyps += list(pyfunc.predict(chunk, params=params) if params else pyfunc.predict(chunk))
+            progress.update(len(chunk))
+        progress.close()
     decode_s = time.perf_counter() - t0
     result = score(hyps, references, tgt_lang)
     # Loss, perplexity and the decoding settings need the translator itself, not just its output.

@@ -219,11 +219,13 @@ def _run_pipeline(
     quiet: bool = False,
     interrupts: _Interrupts | None = None,
     log_to_file: bool = False,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The pipeline itself, under the run lock (see run_pipeline).
 
     log_to_file: everything written to stderr while the steps run (Ray, MLflow, Lightning,
     warnings) goes to tpipe.log in the run folder instead (pipeline/output.py).
+    parent_run_id: an MLflow run this run's own parent run is nested under (`tpipe sweep` passes its own).
     """
     check_inputs(cfg.data)  # input files: one line naming the file, before MLflow (seconds to import) or Ray
     import mlflow
@@ -290,7 +292,9 @@ def _run_pipeline(
         log = redirect.enter_context(stderr_to_file(run_dir / LOG_FILE))
         printer.line(f"log: {log} (the libraries' output; tpipe --verbose shows it here)")
     try:
-        with mlflow.start_run(run_name=parent_run_name(cfg.run_name, run_key)) as parent:
+        if parent_run_id is not None:  # e.g. the sweep's run: this pipeline run becomes its child
+            redirect.enter_context(mlflow.start_run(run_id=parent_run_id))
+        with mlflow.start_run(run_name=parent_run_name(cfg.run_name, run_key), nested=parent_run_id is not None) as parent:
             write_text_atomic(parent_file, parent.info.run_id)  # the latest parent, for `tpipe status`
             log_dict_params(cfg.to_dict())
             mlflow.set_tags({"tpipe.pipeline_run": run_dir.name, "tpipe.code_version": version,

@@ -437,6 +437,18 @@ def fit_in_a_thread(trainer):
     return outcome["result"]
 
 
+def tune_callbacks() -> list:
+    """Inside a `tpipe sweep` trial (pipeline/sweep.py), every validation's metrics also go to Tune,
+    whose scheduler stops the trials that lag; outside one, nothing."""
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    if not _in_tune_session():
+        return []
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return [TuneReportCallback()]
+
+
 def run_training(
     cfg: PipelineConfig,
     *,
@@ -494,6 +506,7 @@ def run_training(
                 num_to_keep=tcfg.keep_checkpoints, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
             ),
             logging_config=LoggingConfig(log_level="WARNING"),  # no INFO line per report on the terminal
+            callbacks=tune_callbacks(),
         ),
     )
     result = fit_in_a_thread(trainer)

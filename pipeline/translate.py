@@ -123,17 +123,17 @@ class Translator:
                 count += int((labels != cfg.pad_id).sum())
         return total, count
 
-    def translate(self, sentences: list[str], **overrides: Any) -> list[str]:
-        """Translate in batches of `generation.batch_size`, sorted by length to waste less padding.
+    def decoding(self, **overrides: Any) -> dict[str, Any]:
+        """The package's decoding settings with `overrides` (None values ignored) on top."""
+        return self.generation | {k: v for k, v in overrides.items() if v is not None}
 
-        `overrides` (beam_size, max_len, length_penalty, batch_size) apply to this call only.
+    def encode_sources(self, sentences: list[str]) -> list[list[int]]:
+        """Source token ids as the encoder sees them: clipped to max_seq_len - 1 (with a warning), then EOS.
+
+        An empty (or blank) sentence gets no ids at all: it translates to an empty line without the
+        model, so line n of the output stays the translation of line n, and nothing is made up.
         """
-        from model.generation import generate
-
-        gen = self.generation | {k: v for k, v in overrides.items() if v is not None}
-        torch = self._torch
-        eos = self.model_cfg.eos_id
-        max_src = self.model_cfg.max_seq_len - 1
+        eos, max_src = self.model_cfg.eos_id, self.model_cfg.max_seq_len - 1
         sentences = [str(s) for s in sentences]
         encoded = self.tokenizer.encode_batch(sentences)
         cut = [i for i, x in enumerate(encoded) if len(x) > max_src]
@@ -142,22 +142,43 @@ class Translator:
                 f"{len(cut)} sentence(s) longer than the model's {max_src} source tokens were cut to that length "
                 f"(sentence {cut[0] + 1}: {len(encoded[cut[0]])} tokens); split long inputs into sentences"
             )
-        ids = [x[:max_src] + [eos] for x in encoded]
-        # An empty sentence translates to an empty one, without the model: line n of the output stays
-        # the translation of line n of the input, and nothing is made up from no input.
-        order = sorted((i for i, s in enumerate(sentences) if s.strip()), key=lambda i: len(ids[i]))
+        return [x[:max_src] + [eos] if s.strip() else [] for s, x in zip(sentences, encoded)]
+
+    def generate_batch(self, src_ids: list[list[int]], gen: dict[str, Any]) -> list[list[int]]:
+        """Decode one batch of encoded sources (see `encode_sources`) to target token ids."""
+        from model.generation import generate
+
+        with self._torch.inference_mode():
+            return generate(
+                self.model,
+                self._padded(src_ids),
+                max_len=int(gen.get("max_len", 64)),
+                beam_size=int(gen.get("beam_size", 1)),
+                length_penalty=float(gen.get("length_penalty", 1.0)),
+            )
+
+    def translate(self, sentences: list[str], **overrides: Any) -> list[str]:
+        """Translate in batches of `generation.batch_size`, sorted by length to waste less padding.
+
+        `overrides` (beam_size, max_len, length_penalty, batch_size) apply to this call only.
+        The batches are `length_batches(...)`: pipeline/batch_translate.py decodes the very same
+        batches on a pool of Ray actors, so its output is this one's, line for line.
+        """
+        gen = self.decoding(**overrides)
+        ids = self.encode_sources(sentences)
         out: list[str] = [""] * len(ids)
-        bs = int(gen.get("batch_size", 64))
-        with torch.inference_mode():
-            for start in range(0, len(order), bs):
-                idx = order[start : start + bs]
-                hyps = generate(
-                    self.model,
-                    self._padded([ids[i] for i in idx]),
-                    max_len=int(gen.get("max_len", 64)),
-                    beam_size=int(gen.get("beam_size", 1)),
-                    length_penalty=float(gen.get("length_penalty", 1.0)),
-                )
-                for i, h in zip(idx, hyps):
-                    out[i] = self.tokenizer.decode(h)
+        for idx in length_batches([len(x) for x in ids], int(gen.get("batch_size", 64))):
+            for i, h in zip(idx, self.generate_batch([ids[i] for i in idx], gen)):
+                out[i] = self.tokenizer.decode(h)
         return out
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices cut into decoding batches of similar length, shortest first; ties keep input order.
+
+    >>> length_batches([5, 2, 9, 2, 0], 2)
+    [[1, 3], [0, 2]]
+    """
+    # Stable: equal lengths keep their order. Length 0 (an empty sentence) is in no batch.
+    order = sorted((i for i in range(len(lengths)) if lengths[i]), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

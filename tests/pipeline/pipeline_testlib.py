@@ -87,3 +87,31 @@ def moto_s3(log_dir: Path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def register_tiny_model(root: Path, name: str, lines: list[str], max_len: int = 8) -> str:
+    """Register a small untrained model (seeded weights, a BPE tokenizer learnt from `lines`) in the
+    MLflow store MLflow currently points at, as the pipeline's register step would; returns
+    models:/NAME/VERSION. No Ray and no training: for tests of what happens to a registered model.
+    `max_len` bounds decoding (an untrained model rarely says EOS)."""
+    import mlflow
+    import torch
+
+    from data.tokenizer import TokenizerConfig, train_tokenizer
+    from model.config import ModelConfig
+    from model.transformer import Transformer
+    from pipeline.registry import log_and_register
+    from pipeline.translate import save_model_package
+
+    corpus = root / "tokenizer-corpus.txt"
+    corpus.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tok = train_tokenizer(TokenizerConfig(vocab_size=300, min_frequency=2), [str(corpus)], split=None)
+    tok.save(root / "tokenizer")
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1,
+                      d_ff=64, max_seq_len=64, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
+    torch.manual_seed(0)
+    generation = {"beam_size": 1, "length_penalty": 1.0, "max_len": max_len, "batch_size": 64}
+    package = save_model_package(root / "package", Transformer(cfg), cfg, generation, root / "tokenizer")
+    with mlflow.start_run(run_name=f"register-{name}"):
+        info = log_and_register(package, name)
+    return info["model_uri"]
