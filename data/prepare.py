@@ -113,6 +113,15 @@ def split_of(src: str, tgt: str, valid_fraction: float, test_fraction: float) ->
     return SPLITS[int(splits_of(key, valid_fraction, test_fraction)[0])]
 
 
+def split_of_value(value: str, seed: int, valid_fraction: float, test_fraction: float) -> str:
+    """The split of every record whose `data.split_by` field is `value` (a package, a document id):
+    BLAKE2b-128 of "seed:value", read as in `splits_of`, so related records never straddle splits
+    and a new seed draws a new split. split_of_value('git', 4, .1, .1) -> 'train'."""
+    digest = hashlib.blake2b(f"{seed}:{value}".encode(), digest_size=16).digest()
+    key = np.frombuffer(digest, dtype="<u8").reshape(1, 2)
+    return SPLITS[int(splits_of(key, valid_fraction, test_fraction)[0])]
+
+
 def _as_text(x: bytes | str) -> str:
     """A side as it can be written to a UTF-8 rejects file: invalid bytes and lone surrogates as escapes."""
     if isinstance(x, bytes):
