@@ -120,6 +120,7 @@ def tpipe_config(split_dir: Path, work: Path, args, mode: str, budget: float, va
         f"data.paths=[{split_dir / 'train.tsv'}]",
         f"data.valid_paths=[{split_dir / 'valid.tsv'}]",
         f"data.test_paths=[{split_dir / 'test.tsv'}]",
+        "data.split_by=''", "data.valid_fraction=0", "data.test_fraction=0",  # the split files are the split
         f"artifact_root={work / 'artifacts'}",
         f"seed={args.seed}",
         f"train.max_tokens={args.max_tokens}",
@@ -135,8 +136,63 @@ def tpipe_config(split_dir: Path, work: Path, args, mode: str, budget: float, va
     return load_config(str(RECIPE), overrides + list(variant))
 
 
+def tpipe_train_in_process(cfg, res, out_dir: Path) -> dict:
+    """tpipe's training step without the Ray Train wrapper: the same LightningModule, loader, loader
+    state, Trainer settings, time budget and EMA as `pipeline.train.train_func` on one worker, in this
+    process. (bench/train.py measures Ray Train's own cost at about 1.4 % of a step; on a machine
+    whose load keeps Ray from starting within its fixed 30 s, this is how the bench still runs.)"""
+    import dataclasses
+
+    import lightning as L
+    import torch
+
+    from data.loader import TokenBatchLoader
+    from data.tokenizer import load_tokenizer
+    from model.transformer import Transformer
+    from pipeline.lightning_module import Seq2SeqModule
+    from pipeline.steps import token_shards
+    from pipeline.train import TrainingState, _Batches, _max_time
+    from pipeline.translate import save_model_package
+
+    tcfg = cfg.train
+    torch.set_num_threads(tcfg.threads_per_worker)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    tok = load_tokenizer(res["tokenizer"].out_dir)
+    mcfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                               eos_id=tok.eos_id)
+    loader = TokenBatchLoader(token_shards(res["encode"].out_dir, "train"), max_tokens=tcfg.max_tokens,
+                              pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, seed=cfg.seed, shuffle=True)
+    module = Seq2SeqModule(mcfg, tcfg, decode_fn=tok.decode, tgt_lang=cfg.data.tgt_lang)
+
+    class LossLog(L.Callback):
+        def __init__(self):
+            self.curve: list[tuple[int, float, float]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            step = trainer.global_step
+            if (step - 1) % tcfg.log_every_steps == 0:  # the steps tpipe logs train/loss on
+                self.curve.append((step - 1, round(float(outputs["loss"].detach()), 4), time.time()))
+
+    log = LossLog()
+    trainer = L.Trainer(
+        max_steps=tcfg.max_steps, max_epochs=-1, max_time=_max_time(tcfg.max_seconds), accelerator="cpu",
+        devices=1, callbacks=[TrainingState(loader, cfg.seed), log], logger=False, precision="32-true",
+        gradient_clip_val=tcfg.grad_clip or None, accumulate_grad_batches=tcfg.accumulate_grad_batches,
+        limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, deterministic=True,
+    )
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    trainer.fit(module, train_dataloaders=_Batches(loader))
+    module.use_ema_weights()
+    generation = {"beam_size": cfg.eval.beam_size, "length_penalty": cfg.eval.length_penalty,
+                  "max_len": cfg.eval.max_len, "batch_size": cfg.eval.batch_size}
+    save_model_package(out_dir / "package", module.model, mcfg, generation, res["tokenizer"].out_dir)
+    return {"steps": trainer.global_step, "curve": log.curve}
+
+
 def tpipe_worker(args) -> dict:
-    """One tpipe training run through the pipeline (until train), then test-set decoding."""
+    """One tpipe training run (through the pipeline and Ray Train with --via-ray, else in process on
+    the pipeline's cached data steps), then test-set decoding."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -151,14 +207,24 @@ def tpipe_worker(args) -> dict:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     cfg = tpipe_config(work / "split", work, args, args.mode, args.budget, args.variant)
     t0 = time.perf_counter()
-    out = run_pipeline(cfg, until_step="train", quiet=True)
+    if args.via_ray:
+        out = run_pipeline(cfg, until_step="train", quiet=True)
+        res = out["results"]
+        train_summary = res["train"].summary
+        steps = int(train_summary["metrics"]["step"])
+        hist = MlflowClient(mlflow.get_tracking_uri()).get_metric_history(train_summary["mlflow_run_id"], "train/loss")
+        hist = sorted(hist, key=lambda m: m.step)
+        curve = [(m.step, round(m.value, 4)) for m in hist]
+        times = [(m.step, m.timestamp / 1000.0) for m in hist]
+        package = res["train"].out_dir / "package"
+    else:
+        res = run_pipeline(cfg, until_step="encode", quiet=True)["results"]  # cached by the driver: no Ray
+        trained = tpipe_train_in_process(cfg, res, work / f"model-{args.tag}")
+        steps = trained["steps"]
+        curve = [(st, v) for st, v, _ in trained["curve"]]
+        times = [(st, t) for st, _, t in trained["curve"]]
+        package = work / f"model-{args.tag}" / "package"
     wall = time.perf_counter() - t0
-    res = out["results"]
-    train_summary = res["train"].summary
-    steps = int(train_summary["metrics"]["step"])
-    hist = MlflowClient(mlflow.get_tracking_uri()).get_metric_history(train_summary["mlflow_run_id"], "train/loss")
-    hist = sorted(hist, key=lambda m: m.step)
-    curve = [(m.step, round(m.value, 4)) for m in hist]
     # Real tokens: replay the loader's plan (it is a function of the seed) over the steps trained.
     tok = load_tokenizer(res["tokenizer"].out_dir)
     loader = TokenBatchLoader(token_shards(res["encode"].out_dir, "train"), max_tokens=cfg.train.max_tokens,
@@ -177,12 +243,12 @@ def tpipe_worker(args) -> dict:
                 break
         epoch += 1
     # Training-loop time: between the first and last logged losses (Ray, MLflow and data set-up excluded).
-    first, last = hist[0], hist[-1]
-    loop_s = (last.timestamp - first.timestamp) / 1000.0
-    loop_tokens = per_step.get(last.step, real) - per_step.get(first.step, 0)
+    (first_step, first_t), (last_step, last_t) = times[0], times[-1]
+    loop_s = last_t - first_t
+    loop_tokens = per_step.get(last_step, real) - per_step.get(first_step, 0)
     test = test_pairs(work, args.test_max)
     srcs, refs = [s for s, _ in test], [t for _, t in test]
-    tr = Translator(res["train"].out_dir / "package")
+    tr = Translator(package)
     decode = {}
     for name, beam in (("greedy", 1), ("beam5", 5)):
         if beam > 1 and args.no_beam:
@@ -196,8 +262,7 @@ def tpipe_worker(args) -> dict:
         "side": "tpipe", "mode": args.mode, "variant": args.variant, "steps": steps,
         "real_tokens": real, "padded_tokens": padded, "real_tokens_per_step": real / max(steps, 1),
         "train_loop_seconds": round(loop_s, 1), "tokens_per_s": loop_tokens / max(loop_s, 1e-9),
-        "train_step_seconds": res["train"].seconds, "wall_seconds": round(wall, 1),
-        "val_loss": train_summary["metrics"].get("val/loss"), "loss_curve": curve, "decode": decode,
+        "wall_seconds": round(wall, 1), "via_ray": bool(args.via_ray), "loss_curve": curve, "decode": decode,
         "generation": {"length_penalty": cfg.eval.length_penalty},
     }
 
@@ -422,7 +487,8 @@ def run_pair(work: Path, args, mode: str, budget: float, jobs: list[tuple[str, s
 def _shared_args(args) -> list[str]:
     return ["--seed", str(args.seed), "--max-tokens", str(args.max_tokens), "--lr", str(args.lr),
             "--warmup", str(args.warmup), "--vocab", str(args.vocab), "--hf-batch", str(args.hf_batch),
-            "--max-len", str(args.max_len), "--test-max", str(args.test_max)] + (["--no-beam"] if args.no_beam else [])
+            "--max-len", str(args.max_len), "--test-max", str(args.test_max)] + (["--no-beam"] if args.no_beam else []) \
+        + (["--via-ray"] if args.via_ray else [])
 
 
 ABLATIONS = [  # (row name, tpipe overrides on top of the recipe); each trained at equal steps
@@ -464,6 +530,8 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=128, help="longest generated target")
     p.add_argument("--test-max", type=int, default=0, help="decode at most this many test pairs (0: all)")
     p.add_argument("--no-beam", action="store_true")
+    p.add_argument("--via-ray", action="store_true", help="train tpipe through its pipeline on Ray Train (one "
+                   "shared local Ray); default: the same training loop in process, on the pipeline's data steps")
     # worker-only
     p.add_argument("--worker", choices=["tpipe", "hf"], help=argparse.SUPPRESS)
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)
@@ -498,10 +566,19 @@ def main() -> None:
     # each starting its own, which on a loaded 2-core machine can miss Ray's 30 s start-up deadline.
     import ray
 
-    ray.init(address="local", num_cpus=8, dashboard_host="127.0.0.1", log_to_driver=False,
-             logging_level="WARNING")
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    os.environ["TPIPE_ALLOW_LOCAL_STORE"] = "1"  # the sqlite store is on this machine, like the Ray workers
+    for attempt in range(4 if args.via_ray else 0):  # Ray gives its raylet a fixed 30 s to come up; a loaded machine can miss it
+        try:
+            ray.init(address="local", num_cpus=8, dashboard_host="127.0.0.1", log_to_driver=False,
+                     logging_level="WARNING")
+            break
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == 3:
+                raise
+            print(f"ray did not start ({e}); trying again", flush=True)
+    if args.via_ray:
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        os.environ["TPIPE_ALLOW_LOCAL_STORE"] = "1"  # the sqlite store is on this machine, like the Ray workers
     print(f"work folder {work}\nsplit by package (seed {args.seed}): pairs {split['pairs']}, packages "
           f"{split['packages']}; test packages: {', '.join(split['test_packages'])}", flush=True)
     prep = prepare_tpipe(work, args)
@@ -529,7 +606,8 @@ def main() -> None:
                 jobs += [("tpipe", f"abl{i}", v) for i, (_, v) in enumerate(ABLATIONS)]
             print(f"equal steps: {steps} optimizer steps each, side by side", flush=True)
             results |= run_pair(work, args, "steps", steps, jobs)
-    ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
     report(results, split, prep, args, work, time.perf_counter() - t_all)
 
 

@@ -49,6 +49,14 @@ class DataConfig:
         default_factory=lambda: [-2, -1],
         metadata={"help": "TSV source and target field indexes; default the last two, so 'package<TAB>en<TAB>de' works"},
     )
+    split_by: str = field(
+        default="",
+        metadata={
+            "help": "a field whose value decides the split (a package, a document id), so related records never "
+            "straddle train and test: a TSV field index (e.g. '0') or a JSONL/Parquet key; the value's hash "
+            "(with the seed) picks valid/test/train by valid_fraction and test_fraction. Empty: each pair's own hash"
+        },
+    )
     valid_paths: list[str] = field(
         default_factory=list, metadata={"help": "user-given validation files (same format); all go to valid"}
     )
