@@ -501,12 +501,13 @@ ABLATIONS = [  # (row name, tpipe overrides on top of the recipe); each trained 
 
 def row(name: str, r: dict, key: str = "greedy") -> str:
     d = r["decode"][key]
-    return (f"{name:44s} {r['steps']:6d} {r['real_tokens'] / 1e6:7.2f}M {r['tokens_per_s']:8.0f} "
+    pad = 100 * (1 - r["real_tokens"] / max(r["padded_tokens"], 1))
+    return (f"{name:44s} {r['steps']:6d} {r['real_tokens'] / 1e6:7.2f}M {pad:5.1f} {r['tokens_per_s']:8.0f} "
             f"{r['train_loop_seconds'] / 60:6.1f} {r['wall_seconds'] / 60:6.1f} {d['bleu']:6.2f} {d['chrf']:6.2f} "
             f"{d['sentences_per_s']:7.1f}")
 
 
-HEADER = (f"{'':44s} {'steps':>6s} {'tokens':>8s} {'tok/s':>8s} {'train':>6s} {'wall':>6s} {'BLEU':>6s} "
+HEADER = (f"{'':44s} {'steps':>6s} {'tokens':>8s} {'pad%':>5s} {'tok/s':>8s} {'train':>6s} {'wall':>6s} {'BLEU':>6s} "
           f"{'chrF':>6s} {'sent/s':>7s}")
 
 
@@ -654,7 +655,7 @@ def report(results: dict, split: dict, prep: dict, args, work: Path, seconds: fl
         if "beam5" in t["decode"]:
             print(row(f"tpipe, beam 5 (length penalty {t['generation']['length_penalty']})", t, "beam5"))
         print(row(f"HF MarianMTModel loop, greedy ({h['batch_sentences']} sent/batch)", h))
-    print(f"{'copy the source':44s} {'':6s} {'':8s} {'':8s} {'':6s} {'':6s} {copy['bleu']:6.2f} {copy['chrf']:6.2f}")
+    print(f"{'copy the source':44s} {'':6s} {'':8s} {'':5s} {'':8s} {'':6s} {'':6s} {copy['bleu']:6.2f} {copy['chrf']:6.2f}")
     abl = {k: v for k, v in results.items() if k.startswith("abl")}
     if abl:
         print("-- ablation (tpipe, equal steps, one lever changed from the recipe)")
