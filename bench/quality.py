@@ -182,12 +182,14 @@ def tpipe_train_in_process(cfg, res, out_dir: Path) -> dict:
         enable_model_summary=False, deterministic=True,
     )
     torch.utils.deterministic.fill_uninitialized_memory = False
+    t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=_Batches(loader))
+    fit_s = time.perf_counter() - t0
     module.use_ema_weights()
     generation = {"beam_size": cfg.eval.beam_size, "length_penalty": cfg.eval.length_penalty,
                   "max_len": cfg.eval.max_len, "batch_size": cfg.eval.batch_size}
     save_model_package(out_dir / "package", module.model, mcfg, generation, res["tokenizer"].out_dir)
-    return {"steps": trainer.global_step, "curve": log.curve}
+    return {"steps": trainer.global_step, "curve": log.curve, "fit_seconds": fit_s}
 
 
 def tpipe_worker(args) -> dict:
@@ -246,6 +248,8 @@ def tpipe_worker(args) -> dict:
     (first_step, first_t), (last_step, last_t) = times[0], times[-1]
     loop_s = last_t - first_t
     loop_tokens = per_step.get(last_step, real) - per_step.get(first_step, 0)
+    if not args.via_ray:  # in process: the whole fit, as the HF side is timed from its first step to its last
+        loop_s, loop_tokens = trained["fit_seconds"], real
     test = test_pairs(work, args.test_max)
     srcs, refs = [s for s, _ in test], [t for _, t in test]
     tr = Translator(package)
