@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench-tokenizer bench-data bench-model bench-train ui clean
+.PHONY: install run test test-fast bench-tokenizer bench-data bench-model bench-train bench-quality ui clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ bench-model: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) bench/train.py
+
+bench-quality: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) bench/quality.py
 
 ui: $(STAMP)
 	$(VENV)/bin/tpipe ui

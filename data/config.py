@@ -57,6 +57,14 @@ class DataConfig:
             "first: yes; none: no; auto: when its two chosen fields are column names (en/de, source/target, src/tgt)",
         },
     )
+    split_by: str = field(
+        default="",
+        metadata={
+            "help": "a field whose value decides the split (a package, a document id), so related records never "
+            "straddle train and test: a TSV field index (e.g. '0') or a JSONL/Parquet key; the value's hash "
+            "(with the seed) picks valid/test/train by valid_fraction and test_fraction. Empty: each pair's own hash"
+        },
+    )
     valid_paths: list[str] = field(
         default_factory=list, metadata={"help": "user-given validation files (same format); all go to valid"}
     )

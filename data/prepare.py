@@ -47,7 +47,7 @@ from data.io import (
     tmp_path_for,
     write_json_atomic,
 )
-from data.sources import Unit, plan_units, read_batches
+from data.sources import Unit, plan_units, read_batches, read_split_values
 
 FORMAT_VERSION = 1  # bump when the bytes these steps write change, so old outputs are not reused
 SPLITS = ("train", "valid", "test")
@@ -143,6 +143,15 @@ def split_of(src: str, tgt: str, valid_fraction: float, test_fraction: float) ->
     return SPLITS[int(splits_of(key, valid_fraction, test_fraction)[0])]
 
 
+def split_of_value(value: str, seed: int, valid_fraction: float, test_fraction: float) -> str:
+    """The split of every record whose `data.split_by` field is `value` (a package, a document id):
+    BLAKE2b-128 of "seed:value", read as in `splits_of`, so related records never straddle splits
+    and a new seed draws a new split. split_of_value('git', 4, .1, .1) -> 'train'."""
+    digest = hashlib.blake2b(f"{seed}:{value}".encode(), digest_size=16).digest()
+    key = np.frombuffer(digest, dtype="<u8").reshape(1, 2)
+    return SPLITS[int(splits_of(key, valid_fraction, test_fraction)[0])]
+
+
 def _as_text(x: bytes | str) -> str:
     """A side as it can be written to a UTF-8 rejects file: invalid bytes and lone surrogates as escapes."""
     if isinstance(x, bytes):
@@ -228,7 +237,7 @@ def clean_pair(src: bytes | str, tgt: bytes | str, cfg: DataConfig) -> str | Non
     return REJECT_REASONS[codes[0] - 1] if codes[0] else None
 
 
-def _ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool) -> dict:
+def _ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool, seed: int = 0) -> dict:
     """Stage 1 for one unit: writes unit_dir/s{shard}.arrow partials, rejects.jsonl and counts.json.
 
     The files are written in a temporary sibling directory renamed to unit_dir at the end, so a
@@ -246,7 +255,7 @@ def _ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool) 
     rej_f = open(rej_path, "w", encoding="utf-8") if write_rejects else None
     split_names = pa.array(SPLITS)
 
-    def process(lines: np.ndarray, srcs: list, tgts: list, known: list | None) -> None:
+    def process(lines: np.ndarray, srcs: list, tgts: list, known: list | None, groups: list | None) -> None:
         nonlocal n_input
         n_input += len(lines)
         codes, s_arr, t_arr = clean_batch(srcs, tgts, cfg, known)
@@ -268,6 +277,9 @@ def _ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool) 
         keys = np.frombuffer(blob, dtype="<u8").reshape(-1, 2)
         if unit.split:
             split = pa.array([unit.split] * len(keep), pa.string())
+        elif groups is not None:  # data.split_by: the record's field value decides, not the pair
+            split = pa.array([split_of_value(groups[i], seed, cfg.valid_fraction, cfg.test_fraction)
+                              for i in keep.tolist()], pa.string())
         else:
             split = split_names.take(pa.array(splits_of(keys, cfg.valid_fraction, cfg.test_fraction)))
         batch = pa.record_batch(
@@ -294,8 +306,9 @@ def _ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool) 
             writers[i].write_batch(batch.filter(pa.array(m)) if k < len(keep) else batch)
             shard_rows[i] += k
 
+    values = read_split_values(unit, cfg) if cfg.split_by and not unit.split else None
     for lines, srcs, tgts, known in read_batches(unit, cfg):
-        process(lines, srcs, tgts, known)
+        process(lines, srcs, tgts, known, next(values) if values is not None else None)
     for w in writers:
         if w is not None:
             w.close()
@@ -384,7 +397,8 @@ def _raw_fingerprint(cfg: DataConfig, seed: int, units: list[Unit]) -> str:
     blob = {
         "version": FORMAT_VERSION,
         "data": asdict(cfg),
-        "seed": seed if cfg.source == "builtin" else None,  # files do not depend on the seed
+        # files do not depend on the seed, unless data.split_by draws their split with it
+        "seed": seed if cfg.source == "builtin" or cfg.split_by else None,
         "inputs": [file_identity(p) for p in inputs],
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -401,7 +415,7 @@ def _unit_key(unit: Unit, cfg: DataConfig, seed: int) -> str:
         "unit": {k: v for k, v in unit.to_dict().items() if k != "index"},
         "files": [file_identity(p) for p in (unit.path, unit.path2) if p],
         "settings": settings,
-        "seed": seed if unit.format == "builtin" else None,
+        "seed": seed if unit.format == "builtin" or cfg.split_by else None,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -443,7 +457,7 @@ def prepare_raw_shards(cfg: DataConfig, out_dir: str, *, seed: int) -> dict:
     try:
         ingest = ray.remote(num_cpus=1)(_ingest_unit)
         pending = {
-            i: ingest.remote(u.to_dict(), cfg_d, unit_dirs[i], cfg.write_rejects)
+            i: ingest.remote(u.to_dict(), cfg_d, unit_dirs[i], cfg.write_rejects, seed)
             for i, u in enumerate(units)
             if not os.path.exists(os.path.join(unit_dirs[i], "counts.json"))
         }

@@ -358,6 +358,50 @@ def is_tsv_header(src: bytes, tgt: bytes, cfg: DataConfig) -> bool:
     return a != b and a in names and b in names
 
 
+def read_split_values(unit: Unit, cfg: DataConfig) -> Iterator[list[str]]:
+    """The `data.split_by` value of every record of a unit, in the batches `read_batches` yields.
+
+    A second, narrow pass over the unit (one field), so that the readers keep their shape.
+    """
+    by = cfg.split_by
+    if unit.format == "tsv":
+        try:
+            col = int(by)
+        except ValueError:
+            raise DataError(f"data.split_by={by!r}: a TSV file ({unit.path}) needs a field index such as 0") from None
+        with open_binary(unit.path) as f:
+            for lines in _line_blocks(f, unit.start, unit.end):
+                out = []
+                for x in lines:
+                    fields = x.split(b"\t")
+                    out.append(fields[col].decode("utf-8", "replace") if -len(fields) <= col < len(fields) else "")
+                yield out
+    elif unit.format == "jsonl":
+        with open_binary(unit.path) as f:
+            for lines in _line_blocks(f, unit.start, unit.end):
+                out = []
+                for x in lines:
+                    try:
+                        v: Any = json.loads(x) if x.strip() else {}
+                        for part in by.split("."):
+                            v = v.get(part, "") if isinstance(v, dict) else ""
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        v = ""  # the record itself is refused or rejected by the main reader
+                    out.append("" if v is None else str(v))
+                yield out
+    elif unit.format == "parquet":
+        import pyarrow.parquet as pq
+
+        with open_binary(unit.path) as f:
+            pf = pq.ParquetFile(f)
+            if by not in pf.schema_arrow.names:
+                raise DataError(f"{unit.path}: no column {by!r} (data.split_by); columns are {pf.schema_arrow.names}")
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[by]):
+                yield ["" if v is None else str(v) for v in batch.column(0).to_pylist()]
+    else:
+        raise DataError(f"data.split_by works for TSV, JSONL and Parquet files; {unit.where()} is {unit.format}")
+
+
 def _json_record(raw: bytes, path: str, lineno: int, cfg: DataConfig) -> tuple[bytes | str, bytes | str]:
     if not raw.strip():
         return b"", b""  # a blank line is a record with two empty sides

@@ -49,7 +49,28 @@ class TrainConfig:
     lr: float = field(default=2e-3, metadata={"min": 0.0, "help": "peak learning rate"})
     warmup_steps: int = field(default=200, metadata={"min": 0, "help": "linear warmup steps"})
     schedule: str = field(
-        default="inverse_sqrt", metadata={"choices": ["inverse_sqrt", "cosine", "constant"], "help": "decay"}
+        default="inverse_sqrt",
+        metadata={
+            "choices": ["inverse_sqrt", "cosine", "linear", "constant"],
+            "help": "decay after warmup; cosine and linear reach 0 at max_steps or at max_time, whichever comes first",
+        },
+    )
+    max_time: str = field(
+        default="",
+        metadata={
+            "help": "wall-clock training budget such as 90s, 20m, 1h30m (empty: none); training stops at the first "
+            "optimizer step past it (or at max_steps), counting the time of an interrupted attempt it resumes"
+        },
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "min": 0.0,
+            "max": 0.99999,
+            "help": "exponential moving average of the weights, saved as the trained model (0: off; e.g. 0.999); "
+            "the decay is min(ema_decay, (1 + n) / (10 + n)) after n updates so short runs are not dominated by "
+            "the random initialisation",
+        },
     )
     weight_decay: float = field(default=0.01, metadata={"min": 0.0, "help": "AdamW weight decay"})
     label_smoothing: float = field(default=0.1, metadata={"min": 0.0, "max": 0.5, "help": "ε_ls"})
@@ -71,6 +92,35 @@ class TrainConfig:
     storage_path: str | None = field(
         default=None, metadata={"help": "Ray Train storage: a folder or s3:// URI (None: under the tpipe home)"}
     )
+
+    def __post_init__(self) -> None:
+        parse_duration(self.max_time, "train.max_time")  # refuse a malformed budget before Ray starts
+
+    @property
+    def max_seconds(self) -> float:
+        """max_time in seconds; 0.0 when there is no time budget."""
+        return parse_duration(self.max_time, "train.max_time")
+
+
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str, key: str = "duration") -> float:
+    """'1h30m' -> 5400.0, '20m' -> 1200.0, '90s' or '90' -> 90.0, '' -> 0.0 (no budget)."""
+    import re
+
+    t = text.strip().lower()
+    if not t:
+        return 0.0
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([dhms])", t)
+    if not parts or "".join(n + u for n, u in parts) != t.replace(" ", ""):
+        raise ValueError(f"{key}: {text!r} is not a duration; write it like 90s, 20m, 1h30m or 2d")
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{key}: {text!r} is not a positive duration")
+    return seconds
 
 
 @dataclass

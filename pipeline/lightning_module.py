@@ -20,10 +20,19 @@ from model.transformer import Transformer
 from pipeline.config import TrainConfig
 
 
-def lr_lambda(schedule: str, warmup_steps: int, max_steps: int) -> Callable[[int], float]:
+def lr_lambda(
+    schedule: str,
+    warmup_steps: int,
+    max_steps: int,
+    max_seconds: float = 0.0,
+    clock: Callable[[], float] | None = None,
+) -> Callable[[int], float]:
     """Multiplier of the peak lr at optimizer step `s`: linear warmup, then the chosen decay.
 
     inverse_sqrt is the paper's schedule rescaled so the peak is exactly `lr` at the end of warmup.
+    cosine and linear decay to 0 over whichever budget ends first: the steps left after warmup, or,
+    with a time budget (`max_seconds` > 0), the training seconds `clock()` says are spent. A run
+    stopped by its time budget thus ends its schedule where it stops, however fast the machine is.
     """
     warmup = max(warmup_steps, 1)
 
@@ -33,9 +42,12 @@ def lr_lambda(schedule: str, warmup_steps: int, max_steps: int) -> Callable[[int
             return s / warmup
         if schedule == "inverse_sqrt":
             return math.sqrt(warmup / s)
-        if schedule == "cosine":
-            progress = min((s - warmup) / max(max_steps - warmup, 1), 1.0)
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule in ("cosine", "linear"):
+            progress = (s - warmup) / max(max_steps - warmup, 1)
+            if max_seconds > 0 and clock is not None:
+                progress = max(progress, clock() / max_seconds)
+            progress = min(progress, 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
         return 1.0
 
     return f
@@ -70,6 +82,9 @@ class Seq2SeqModule(L.LightningModule):
         self._t_last: float | None = None
         self._tokens_since = 0
         self._val: dict[str, float] = {}
+        # The exponential moving average of the weights (train.ema_decay), fp32, in parameters() order.
+        self._ema: list[torch.Tensor] | None = None
+        self._ema_updates = 0
 
     # ---- loss -----------------------------------------------------------------------------
     def _loss(
@@ -180,7 +195,50 @@ class Seq2SeqModule(L.LightningModule):
             betas=(0.9, 0.98),
             eps=1e-9,
         )
+        tcfg = self.train_cfg
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lr_lambda(self.train_cfg.schedule, self.train_cfg.warmup_steps, self.train_cfg.max_steps)
+            opt, lr_lambda(tcfg.schedule, tcfg.warmup_steps, tcfg.max_steps, tcfg.max_seconds, self._training_seconds)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _training_seconds(self) -> float:
+        """Training time spent so far, an interrupted attempt's included: Lightning's Timer (the
+        callback `Trainer(max_time=...)` adds) keeps it in the checkpoint and stops the run by it."""
+        from lightning.pytorch.callbacks import Timer
+
+        trainer = self._trainer
+        for cb in trainer.callbacks if trainer is not None else []:
+            if isinstance(cb, Timer):
+                return float(cb.time_elapsed("train"))
+        return 0.0
+
+    # ---- the moving average of the weights --------------------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        decay = self.train_cfg.ema_decay
+        if decay <= 0 or self._ema_updates >= self.global_step:
+            return  # off, or inside a gradient accumulation (no optimizer step since the last update)
+        params = [p.detach() for p in self.model.parameters()]
+        if self._ema is None:
+            self._ema = [p.float().clone() for p in params]
+        n = self._ema_updates
+        d = min(decay, (1.0 + n) / (10.0 + n))  # fairseq's warm-up of the decay
+        torch._foreach_lerp_(self._ema, [p.float() for p in params], 1.0 - d)
+        self._ema_updates = self.global_step
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._ema is not None:
+            checkpoint["ema"] = {"updates": self._ema_updates, "weights": [t.clone() for t in self._ema]}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "ema" in checkpoint:
+            self._ema_updates = int(checkpoint["ema"]["updates"])
+            self._ema = [t.float() for t in checkpoint["ema"]["weights"]]
+
+    @torch.no_grad()
+    def use_ema_weights(self) -> bool:
+        """Copy the moving average into the model (the weights that get saved); False when off."""
+        if self._ema is None:
+            return False
+        for p, e in zip(self.model.parameters(), self._ema):
+            p.copy_(e.to(p.dtype))
+        return True

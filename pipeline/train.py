@@ -88,6 +88,7 @@ def train_func(config: dict[str, Any]) -> None:
     precision = tcfg.precision if tcfg.precision != "auto" else ("bf16-mixed" if tcfg.use_gpu else "32-true")
     trainer = L.Trainer(
         max_steps=tcfg.max_steps,
+        max_time=_max_time(tcfg.max_seconds),
         max_epochs=-1,
         accelerator="gpu" if tcfg.use_gpu else "cpu",
         devices="auto",
@@ -148,6 +149,7 @@ def train_func(config: dict[str, Any]) -> None:
         if rank == 0:
             from safetensors.torch import save_model
 
+            module.use_ema_weights()  # train.ema_decay: the moving average is the trained model
             model = module.model._orig_mod if hasattr(module.model, "_orig_mod") else module.model
             save_model(model, os.path.join(tmp, FINAL_WEIGHTS))
             Path(tmp, "metrics.json").write_text(json.dumps(metrics))
@@ -209,6 +211,14 @@ def check_training_inputs(cfg: PipelineConfig, train_shards: list[str], valid_sh
             len(loader)  # the first epoch's plan, as every rank makes it
         except UserError as e:
             raise TrainingInputError(f"the {split} split: {e}") from None
+
+
+def _max_time(seconds: float):
+    """train.max_time for Lightning, whose Timer stops at the first optimizer step past it and keeps
+    the time spent in the checkpoint, so a resumed run stops at the same total budget."""
+    import datetime
+
+    return datetime.timedelta(seconds=seconds) if seconds > 0 else None
 
 
 def ddp_strategy():

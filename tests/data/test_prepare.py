@@ -286,3 +286,32 @@ def test_a_huge_line_keeps_the_length_histogram_small(tmp_path):
     assert shard["rows"] == 2
     assert len(shard["hist"]["src"]) == HIST_CHARS + 1 and shard["longest"]["src"] == 999_999
     assert _percentiles(np.array(shard["hist"]["src"]))["p50"] == 5
+
+
+def test_split_by_keeps_each_group_in_one_split_for_tsv_jsonl_and_parquet(tmp_path):
+    from data.prepare import split_of_value
+
+    groups = [f"pkg{g}" for g in range(30)]
+    records = [(g, f"{g} message {i}", f"{g} Meldung {i}") for g in groups for i in range(6)]
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("".join(f"{g}\t{s}\t{t}\n" for g, s, t in records), encoding="utf-8")
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("".join(json.dumps({"meta": {"pkg": g}, "en": s, "de": t}) + "\n" for g, s, t in records))
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"pkg": [g for g, _, _ in records], "en": [s for _, s, _ in records],
+                             "de": [t for _, _, t in records]}), parquet)
+    group_of = {s: g for g, s, _ in records}
+    for path, by in ((tsv, "0"), (jsonl, "meta.pkg"), (parquet, "pkg")):
+        cfg = DataConfig(source="files", paths=[str(path)], src_lang="en", tgt_lang="de", split_by=by,
+                         valid_fraction=0.2, test_fraction=0.2, n_shards=2)
+        out = tmp_path / f"out-{path.suffix[1:]}"
+        r = prepare_raw_shards(cfg, str(out), seed=3)
+        rows = _rows(out)
+        assert len(rows) == len(records) and r["kept"] == len(records)
+        split_of_group: dict[str, set] = {}
+        for s, _, sp in rows:
+            split_of_group.setdefault(group_of[s], set()).add(sp)
+        assert all(sps == {split_of_value(g, 3, 0.2, 0.2)} for g, sps in split_of_group.items()), path
+        assert {"train", "valid", "test"} == {sp for sps in split_of_group.values() for sp in sps}
+    with pytest.raises(DataError, match=r"data.split_by='pkg': a TSV file .*c.tsv\) needs a field index"):
+        prepare_raw_shards(DataConfig(source="files", paths=[str(tsv)], split_by="pkg"), str(tmp_path / "bad"), seed=0)
