@@ -15,6 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOG_FILE = "tpipe.log"
+_terminal: list[int] = []  # the stderr descriptors that stderr_to_file set aside, innermost last
+
+
+def say_on_terminal(line: str) -> None:
+    """Write one line where the user sees it: the real stderr, also while stderr_to_file is on
+    (for a last line before os._exit, when no `finally` will restore the descriptor)."""
+    sys.stderr.flush()
+    os.write(_terminal[-1] if _terminal else 2, (line + "\n").encode())
 
 
 @contextmanager
@@ -26,9 +34,11 @@ def stderr_to_file(path: Path) -> Iterator[Path]:
     saved = os.dup(2)
     with open(path, "ab", buffering=0) as f:
         os.dup2(f.fileno(), 2)
+    _terminal.append(saved)
     try:
         yield path
     finally:
         sys.stderr.flush()
+        _terminal.remove(saved)
         os.dup2(saved, 2)
         os.close(saved)

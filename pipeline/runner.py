@@ -20,7 +20,7 @@ from data.io import redact_text, redact_uri
 from pipeline.artifacts import RemoteRoot, is_remote
 from pipeline.config import PipelineConfig
 from pipeline.home import Home, describe_holder
-from pipeline.output import LOG_FILE, stderr_to_file
+from pipeline.output import LOG_FILE, say_on_terminal, stderr_to_file
 from pipeline.steps import STEPS
 from pipeline.workflow import PipelineRun, Step, check_step_range, code_version
 
@@ -94,7 +94,6 @@ def _exit_unless_done_within(timeout_s: float, what: str):
         yield
         return
     import select
-    import sys
 
     r, w = os.pipe()
     os.set_blocking(w, False)
@@ -114,8 +113,7 @@ def _exit_unless_done_within(timeout_s: float, what: str):
             line, code = f"tpipe: interrupted ({name}) while connecting to the {what}", 128 + signum
         else:
             line, code = f"tpipe: {what} did not answer within {timeout_s:.0f} s; check the address and that the cluster is up", 2
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+        say_on_terminal(line)  # not into tpipe.log: the user must see why the run ended
         os._exit(code)  # the lock and sockets go with the process; nothing else is half-written here
 
     watcher = threading.Thread(target=watch, name="tpipe-connect-deadline", daemon=True)
