@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench-tokenizer bench-data bench-model bench-train bench-quality ui clean
+.PHONY: install run test test-heavy test-fast bench-tokenizer bench-data bench-model bench-train bench-quality ui clean
 
 install: $(STAMP)
 
@@ -25,6 +25,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-heavy: $(STAMP)
+	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e and not slow" $(PYTEST_ARGS)

@@ -181,6 +181,7 @@ def test_cli_translates_a_file_to_parquet_with_the_version_in_its_metadata(regis
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_evaluate_on_a_large_set_takes_the_ray_data_path_with_the_same_scores(registered, tmp_path, capsys, request):
     from pipeline.cli import main
 

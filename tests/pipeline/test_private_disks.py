@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from pipeline_testlib import free_port, moto_s3, tpipe_home
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.heavy]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

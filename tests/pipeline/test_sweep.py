@@ -104,6 +104,7 @@ def sweep(tmp_path_factory):
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_sweep_finishes_stops_the_laggards_and_reuses_the_data_steps(sweep):
     rows = sweep["rows"]
     assert len(rows) == 4 and all(r.state in ("FINISHED", "STOPPED") for r in rows), rows
@@ -123,6 +124,7 @@ def test_sweep_finishes_stops_the_laggards_and_reuses_the_data_steps(sweep):
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_sweep_is_tracked_and_its_best_trial_registered_and_evaluated(sweep):
     from mlflow import MlflowClient
 
@@ -168,6 +170,7 @@ def _kill_everything_of(home: Path) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_killed_sweep_driver_is_continued_by_a_rerun(tmp_path):
     """Kill the driver (and its Ray) once a trial has a Ray Train checkpoint; the same command again
     restores the Tune experiment and finishes the sweep."""
