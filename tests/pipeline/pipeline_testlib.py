@@ -115,3 +115,19 @@ def register_tiny_model(root: Path, name: str, lines: list[str], max_len: int = 
     with mlflow.start_run(run_name=f"register-{name}"):
         info = log_and_register(package, name)
     return info["model_uri"]
+
+
+def kill_everything_of(home: Path) -> None:
+    """SIGKILL every process whose environment has TPIPE_HOME=home: the driver, and the local Ray
+    it started (GCS, raylet, workers), as if the machine running `tpipe run` had lost power."""
+    import signal
+
+    needle = f"TPIPE_HOME={home}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_testlib import fresh_ray, tpipe_home
+from pipeline_testlib import fresh_ray, kill_everything_of, tpipe_home
 
 pytestmark = pytest.mark.e2e
 
@@ -168,22 +168,6 @@ def test_killed_worker_resumes_exactly(first_run, tmp_path, monkeypatch):
     assert out["results"]["train"].summary["metrics"]["step"] == 30
 
 
-def _kill_everything_of(home: Path) -> None:
-    """SIGKILL every process whose environment has TPIPE_HOME=home: the driver, and the local Ray
-    it started (GCS, raylet, workers), as if the machine running `tpipe run` had lost power."""
-    import signal
-
-    needle = f"TPIPE_HOME={home}".encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if needle in (proc / "environ").read_bytes().split(b"\0"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            continue
-
-
 def _run_until(home: Path, pattern: str | None = None, checkpoint: bool = False, timeout: float = 600) -> str:
     """Start `tpipe run smoke` in its own home and kill it (and its Ray) as soon as `pattern` is
     printed, or as soon as a training checkpoint with Lightning state exists on disk."""
@@ -210,7 +194,7 @@ def _run_until(home: Path, pattern: str | None = None, checkpoint: bool = False,
                               for p in home.glob("ray_results/train-*/checkpoint_manager_snapshot.json")):
             break
         time.sleep(0.02)
-    _kill_everything_of(home)
+    kill_everything_of(home)
     proc.wait(timeout=60)
     reader.join(timeout=10)
     return "".join(seen)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_testlib import fresh_ray, tpipe_home
+from pipeline_testlib import fresh_ray, kill_everything_of, tpipe_home
 
 from pipeline.config import ConfigError, load_config
 from pipeline.sweep import Dimension, data_fingerprint, draw_trials, load_space, with_value
@@ -153,21 +153,6 @@ def test_sweep_is_tracked_and_its_best_trial_registered_and_evaluated(sweep):
 # ---- a killed driver ---------------------------------------------------------------------------
 
 
-def _kill_everything_of(home: Path) -> None:
-    """SIGKILL every process whose environment has TPIPE_HOME=home: the driver and the Ray it started."""
-    import signal
-
-    needle = f"TPIPE_HOME={home}".encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if needle in (proc / "environ").read_bytes().split(b"\0"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            continue
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.heavy
@@ -193,7 +178,7 @@ def test_a_killed_sweep_driver_is_continued_by_a_rerun(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "".join(seen)[-3000:]
-    _kill_everything_of(home)
+    kill_everything_of(home)
     proc.wait(timeout=60)
     reader.join(timeout=10)
     rerun = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
