@@ -46,7 +46,7 @@ def main() -> None:
     from data.builtin import generate_pairs
     from pipeline.batch_translate import plan_translation, translate_plan
     from pipeline.home import Home
-    from pipeline.translate import Translator
+    from pipeline.inference import Translator
 
     uri = Home.resolve().tracking_uri()
     mlflow.set_tracking_uri(uri)

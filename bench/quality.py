@@ -150,9 +150,10 @@ def tpipe_train_in_process(cfg, res, out_dir: Path) -> dict:
     from data.tokenizer import load_tokenizer
     from model.transformer import Transformer
     from pipeline.lightning_module import Seq2SeqModule
-    from pipeline.steps import token_shards
-    from pipeline.train import TrainingState, _Batches, _max_time
-    from pipeline.translate import save_model_package
+    from data.shards import token_shards
+    from pipeline.callbacks import TrainingState, _Batches
+    from pipeline.train import _max_time
+    from pipeline.package import save as save_model_package
 
     tcfg = cfg.train
     torch.set_num_threads(tcfg.threads_per_worker)
@@ -201,8 +202,8 @@ def tpipe_worker(args) -> dict:
     from data.loader import TokenBatchLoader
     from data.tokenizer import load_tokenizer
     from pipeline.runner import run_pipeline
-    from pipeline.steps import token_shards
-    from pipeline.translate import Translator
+    from data.shards import token_shards
+    from pipeline.inference import Translator
 
     work = Path(args.work)
     os.environ["TPIPE_HOME"] = str(work / f"home-{args.tag}")
@@ -435,7 +436,7 @@ def prepare_tpipe(work: Path, args) -> dict:
     from data.loader import TokenBatchLoader
     from data.tokenizer import load_tokenizer
     from pipeline.runner import run_pipeline
-    from pipeline.steps import token_shards
+    from data.shards import token_shards
 
     os.environ["TPIPE_HOME"] = str(work / "home-prepare")
     os.environ.pop("MLFLOW_TRACKING_URI", None)

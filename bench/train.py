@@ -100,7 +100,7 @@ def tpipe_run(cfg, results, workers: int, steps: int, warmup: int, home: Path) -
     from mlflow import MlflowClient
 
     from data.tokenizer import load_tokenizer
-    from pipeline.steps import token_shards
+    from data.shards import token_shards
     from pipeline.train import run_training
 
     tok_dir = results["tokenizer"].out_dir
@@ -138,7 +138,7 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
     cfg, results = prepare(home, args.model, args.max_tokens)
-    from pipeline.steps import token_shards
+    from data.shards import token_shards
 
     shards = token_shards(results["encode"].out_dir, "train")
 

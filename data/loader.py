@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from data.framing import frame_sources, frame_targets
 from data.io import DataError
 
 
@@ -269,28 +270,9 @@ class TokenBatchLoader:
 
     def _collate(self, pool: dict[str, np.ndarray], pos: np.ndarray) -> dict[str, torch.Tensor]:
         sl, tl = pool["src_len"][pos], pool["tgt_len"][pos]
-        b = np.arange(len(pos))
-        src = _pad_gather(pool["src"], pool["src_start"][pos], sl, int(sl.max()) + 1, 0, self.pad_id)
-        src[b, sl] = self.eos_id  # (B, S): ids + [eos]
-        tgt = _pad_gather(pool["tgt"], pool["tgt_start"][pos], tl, int(tl.max()) + 2, 1, self.pad_id)
-        tgt[:, 0] = self.bos_id
-        tgt[b, tl + 1] = self.eos_id  # (B, T): [bos] + ids + [eos]
+        src = frame_sources(pool["src"], pool["src_start"][pos], sl, self.eos_id, self.pad_id)  # (B, S)
+        tgt = frame_targets(pool["tgt"], pool["tgt_start"][pos], tl, self.bos_id, self.eos_id, self.pad_id)  # (B, T)
         return {"src": torch.from_numpy(src), "tgt": torch.from_numpy(tgt)}
-
-
-def _pad_gather(values: np.ndarray, starts: np.ndarray, lens: np.ndarray, width: int, shift: int, pad: int) -> np.ndarray:
-    """Rows values[starts[i] : starts[i] + lens[i]] placed at column `shift` of a (B, width) pad-filled array.
-
-    >>> _pad_gather(np.array([5, 6, 7]), np.array([0, 2]), np.array([2, 1]), 3, 0, 0)
-    array([[5, 6, 0],
-           [7, 0, 0]])
-    """
-    out = np.full((len(lens), width), pad, dtype=np.int64)
-    col = np.arange(width - shift)
-    valid = col[None, :] < lens[:, None]  # (B, width - shift)
-    idx = starts[:, None] + col[None, :]
-    out[:, shift:][valid] = values[idx[valid]]
-    return out
 
 
 def _cut_batches(s: np.ndarray, t: np.ndarray, max_tokens: int) -> list[int]:

@@ -227,6 +227,18 @@ def build_ffn(cfg: ModelConfig) -> nn.Module:
 # Attention
 
 
+def causal_mask(T: int, L: int, start: int = 0, device=None) -> Tensor:
+    """(T, L) boolean: query i, at position start + i, may attend key j iff j <= start + i.
+
+    start 0 and T == L is the usual lower triangle; start > 0 is a block of new queries after a
+    cached prefix of `start` keys (incremental decoding).
+
+    >>> causal_mask(2, 3, start=1).int().tolist()
+    [[1, 1, 0], [1, 1, 1]]
+    """
+    return torch.arange(L, device=device)[None, :] <= (start + torch.arange(T, device=device))[:, None]
+
+
 def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """softmax(QKᵀ/√d_k)V written out; returns (output (B, H, T, D), weights (B, H, T, L)).
 
@@ -275,8 +287,7 @@ class MultiHeadAttention(nn.Module):
         # q (B, H, T, D), k/v (B, H, L, D) -> (B, T, d_model)
         if self.record_weights:
             if is_causal:
-                T, L = q.size(-2), k.size(-2)
-                mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril()
+                mask = causal_mask(q.size(-2), k.size(-2), device=q.device)  # (T, L)
             out, self.weights = attention_reference(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
@@ -312,8 +323,7 @@ class SelfAttention(MultiHeadAttention):
             k, v = cache.append_self(k, v)  # (B, H, start + T, D)
             if is_causal and start > 0:
                 # New queries see the whole cached prefix and, causally, each other.
-                T, L = q.size(-2), k.size(-2)
-                mask = torch.arange(L, device=x.device)[None, :] <= (start + torch.arange(T, device=x.device))[:, None]
+                mask = causal_mask(q.size(-2), k.size(-2), start, device=x.device)  # (T, L)
                 is_causal = False
             elif q.size(-2) == 1:
                 is_causal = False  # one query at the newest position sees every key

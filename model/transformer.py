@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.cache import DecoderCache
@@ -32,6 +33,7 @@ from model.layers import (
     build_norm,
     build_positions,
     build_residual,
+    causal_mask,
 )
 
 
@@ -158,8 +160,7 @@ class Transformer(nn.Module):
         """(B, T) -> (B, 1, T, T): causal and not padding. `decode` does not need it for right-padded
         targets (causality already hides later pads from real tokens), but it accepts it."""
         T = tgt.size(1)
-        causal = torch.ones(T, T, dtype=torch.bool, device=tgt.device).tril()  # (T, T)
-        return causal[None, None] & (tgt != self.cfg.pad_id)[:, None, None, :]
+        return causal_mask(T, T, device=tgt.device)[None, None] & (tgt != self.cfg.pad_id)[:, None, None, :]
 
     # ----------------------------------------------------------------------------------------
     # Encode / decode
@@ -242,3 +243,24 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         """Distinct parameters (a tied lm_head counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def teacher_forced_loss(
+    model: Transformer, src: Tensor, tgt: Tensor, *, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cross-entropy of predicting tgt[:, 1:] from tgt[:, :-1] (teacher forcing), padding ignored.
+
+    src (B, S) and tgt (B, T) are framed rows (data/framing.py: tgt = [bos] ids [eos]), so EOS is
+    predicted and BOS is not. Returns (loss, logits (B, T-1, V), labels (B, T-1)); reduction
+    "mean" averages over the non-pad labels (training), "sum" adds them up (evaluation's perplexity).
+    """
+    tgt_in, labels = tgt[:, :-1], tgt[:, 1:]  # predict token t+1 from tokens <= t
+    logits = model(src, tgt_in)  # (B, T-1, V)
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),  # (B*(T-1), V); fp32 even under bf16 autocast
+        labels.reshape(-1),  # (B*(T-1),)
+        ignore_index=model.cfg.pad_id,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
+    return loss, logits, labels

@@ -262,7 +262,7 @@ def plan_translation(model_uri: str, sources: list[str], tracking_uri: str, over
     import mlflow
 
     from pipeline.evaluate import resolve_version
-    from pipeline.translate import length_batches
+    from pipeline.inference import length_batches
 
     from mlflow import MlflowClient
 

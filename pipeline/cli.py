@@ -142,7 +142,7 @@ def cmd_translate(args) -> int:
     if ":/" not in args.model_uri and not os.path.isdir(args.model_uri):  # before MLflow is imported
         raise ModelNotFound(f"{args.model_uri}: no such model folder (or give models:/NAME@ALIAS)")
 
-    from pipeline.translate import check_sentences
+    from pipeline.inference import check_sentences
 
     texts = args.text or [line.rstrip("\n") for line in sys.stdin]
     check_sentences(texts)  # before the model loads

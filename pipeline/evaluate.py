@@ -1,4 +1,4 @@
-"""Scores for translations (sacrebleu BLEU, chrF, TER, exact match, length ratio) and model evaluation."""
+"""Evaluation of a registered model: load it through MLflow, score it (pipeline/metrics.py), record the result."""
 
 from __future__ import annotations
 
@@ -11,49 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
+from pipeline.metrics import score
 
 
 class EvaluationError(UserError, ValueError):
     """A model URI, data file, split or language an evaluation cannot use."""
-
-
-def bleu_tokenizer(tgt_lang: str) -> str:
-    """sacrebleu's tokenizer for the target language: 'zh' segments CJK characters, else '13a'."""
-    return {"zh": "zh", "ja": "char", "ko": "char"}.get(tgt_lang, "13a")
-
-
-def score(hypotheses: list[str], references: list[str], tgt_lang: str = "en") -> dict[str, Any]:
-    """Corpus-level scores. `signature` holds sacrebleu's reproducibility signatures.
-
-    >>> score(["a b c"], ["a b c"])["exact_match"]
-    100.0
-    """
-    import sacrebleu
-
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    if not references:
-        raise ValueError("no references to score against")
-    bleu = sacrebleu.metrics.BLEU(tokenize=bleu_tokenizer(tgt_lang))
-    chrf = sacrebleu.metrics.CHRF()
-    ter = sacrebleu.metrics.TER(asian_support=tgt_lang in ("zh", "ja", "ko"))
-    refs = [references]
-    b, c, t = bleu.corpus_score(hypotheses, refs), chrf.corpus_score(hypotheses, refs), ter.corpus_score(hypotheses, refs)
-    hyp_len = sum(len(h) for h in hypotheses)
-    ref_len = sum(len(r) for r in references)
-    return {
-        "bleu": round(b.score, 4),
-        "chrf": round(c.score, 4),
-        "ter": round(t.score, 4),
-        "exact_match": round(100.0 * sum(h.strip() == r.strip() for h, r in zip(hypotheses, references)) / len(references), 4),
-        "length_ratio": round(hyp_len / max(ref_len, 1), 4),
-        "n_sentences": len(references),
-        "signature": {
-            "bleu": str(bleu.get_signature()),
-            "chrf": str(chrf.get_signature()),
-            "ter": str(ter.get_signature()),
-        },
-    }
 
 
 def data_identity(pairs: list[tuple[str, str]], data: str, split: str | None = None) -> dict[str, Any]:
@@ -132,6 +94,55 @@ def evaluate_pyfunc(
     return result
 
 
+HELD_OUT_SPLITS = ("valid", "test")
+
+
+def log_held_out_splits(prepare_dir: Path) -> None:
+    """Log the held-out splits with the active run (the version's), so `tpipe evaluate --split test`
+    works on a machine that never saw the pipeline's artifacts (read back by split_pairs_of_version)."""
+    import mlflow
+
+    from data.shards import raw_shards, split_texts
+
+    for split in HELD_OUT_SPLITS:
+        pairs = split_texts(raw_shards(prepare_dir), split)
+        mlflow.log_text("".join(json.dumps({"src": a, "tgt": b}, ensure_ascii=False) + "\n" for a, b in pairs),
+                        f"data/{split}.jsonl")
+
+
+def evaluate_and_promote(name: str, version: int, pairs: list[tuple[str, str]], data: dict[str, Any], tgt_lang: str,
+                         promote_metric: str) -> dict[str, Any]:
+    """The pipeline's evaluation of a new version: score it, record it, score the champion on the same
+    sentences, promote the version if it is better, log both and a copy-the-source baseline."""
+    import mlflow
+
+    from pipeline.registry import CHAMPION, alias_version, promote_if_better
+
+    sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    result = evaluate_pyfunc(f"models:/{name}/{version}", sources, refs, tgt_lang, data=data)
+    record_evaluation(name, version, result, canonical=True)
+    # The champion is scored on these same sentences, pulled from the registry as users get it:
+    # promotion compares results on the same data only.
+    holder = alias_version(name, CHAMPION)
+    held = None if holder in (None, version) else evaluate_pyfunc(f"models:/{name}/{holder}", sources, refs, tgt_lang, data=data)
+    promoted, message = promote_if_better(name, version, promote_metric, result, held)
+    champion = result if promoted else held
+    baseline = score(sources, refs, tgt_lang)  # copy-the-source baseline
+    mlflow.log_metrics({f"{prefix}/{k}": r[k] for prefix, r in (("champion", champion), ("baseline_copy", baseline))
+                        for k in RECORDED})
+    return {
+        "model": f"models:/{name}/{version}",
+        "candidate": {k: result[k] for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "sentences_per_second")},
+        "champion": {k: champion[k] for k in RECORDED} | {"uri": f"models:/{name}@{CHAMPION}"},
+        "baseline_copy": {k: baseline[k] for k in RECORDED},
+        "promoted": promoted,
+        "promotion": message,
+        "signature": result["signature"],
+        "n_sentences": len(pairs),
+        "samples": result["samples"][:8],
+    }
+
+
 METRICS = ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perplexity")
 
 
@@ -175,12 +186,12 @@ def split_pairs_of_version(name: str, version: int, split: str) -> list[tuple[st
 
     from data.io import MANIFEST
     from pipeline.home import Home
-    from pipeline.steps import _split_texts, raw_shards
+    from data.shards import raw_shards, split_texts
 
     key = step_keys_of_version(name, version)["prepare"]
     prepare_dir = Home.resolve().artifacts / "prepare" / key
     if (prepare_dir / MANIFEST).exists():
-        pairs = _split_texts(raw_shards(prepare_dir), split)
+        pairs = split_texts(raw_shards(prepare_dir), split)
     else:
         run_id = MlflowClient().get_model_version(name, str(version)).run_id
         try:

@@ -13,11 +13,13 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
+from data.framing import pad_rows
 from model.config import ModelConfig
-from model.transformer import Transformer
+from model.generation import generate
+from model.transformer import Transformer, teacher_forced_loss
 from pipeline.config import TrainConfig
+from pipeline.metrics import score
 
 
 def lr_lambda(
@@ -92,16 +94,8 @@ class Seq2SeqModule(L.LightningModule):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean cross-entropy over non-pad target tokens, and (as tensors, no host sync) the token
         count and, when asked, how many argmax predictions are right."""
-        src, tgt = batch["src"], batch["tgt"]
-        tgt_in, labels = tgt[:, :-1], tgt[:, 1:]  # teacher forcing: predict token t+1 from tokens <= t
-        logits = self.model(src, tgt_in)  # (B, T-1, V)
+        loss, logits, labels = teacher_forced_loss(self.model, batch["src"], batch["tgt"], label_smoothing=smoothing)
         pad = self.model_cfg.pad_id
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(),  # (B*(T-1), V)
-            labels.reshape(-1),
-            ignore_index=pad,
-            label_smoothing=smoothing,
-        )
         mask = labels != pad
         stats = {"n_tokens": mask.sum()}
         if accuracy:
@@ -165,18 +159,10 @@ class Seq2SeqModule(L.LightningModule):
 
     @torch.no_grad()
     def _sample_bleu(self) -> float:
-        from model.generation import generate
-        from pipeline.evaluate import score
-
         was_training = self.model.training
         self.model.eval()
-        pad = self.model_cfg.pad_id
-        srcs = [ids for ids, _ in self.bleu_sample]
-        width = max(len(s) for s in srcs)
-        src = torch.full((len(srcs), width), pad, dtype=torch.long, device=self.device)
-        for i, s in enumerate(srcs):
-            src[i, : len(s)] = torch.tensor(s, device=self.device)
-        hyps = generate(self.model, src, max_len=self.model_cfg.max_seq_len - 2, beam_size=1)
+        src = torch.from_numpy(pad_rows([ids for ids, _ in self.bleu_sample], self.model_cfg.pad_id)).to(self.device)
+        hyps = generate(self.model, src, max_len=self.model_cfg.max_seq_len - 2, beam_size=1)  # src (B, S)
         self.model.train(was_training)
         texts = [self.decode_fn(h) for h in hyps]
         return float(score(texts, [r for _, r in self.bleu_sample], self.tgt_lang)["bleu"])

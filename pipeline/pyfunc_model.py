@@ -22,7 +22,7 @@ class TranslationModel(PythonModel):
     """predict(list of sentences | DataFrame with a `text` column) -> list of translations."""
 
     def load_context(self, context) -> None:
-        from pipeline.translate import Translator
+        from pipeline.inference import Translator
 
         self.translator = Translator(context.artifacts["package"])
 

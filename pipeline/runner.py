@@ -232,7 +232,7 @@ def _run_pipeline(
     from pipeline.tracking import (
         check_tracking_server, credentials_to_env, log_artifact_file, log_dict_params, setup_mlflow,
     )
-    from pipeline.translate import write_json
+    from pipeline.package import write_json
 
     printer = _Printer(quiet)
     home = Home.resolve()

@@ -190,7 +190,7 @@ class SweepState:
     data_keys: dict[str, dict[str, str]] = field(default_factory=dict)  # data fingerprint -> step keys
 
     def save(self, folder: Path) -> None:
-        from pipeline.translate import write_json
+        from pipeline.package import write_json
 
         write_json(folder / "sweep.json", self.__dict__)
 

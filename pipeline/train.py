@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
+from pipeline.callbacks import (
+    ReportOnValidation, TrainingState, _Batches, _FullPasses, _KillOnce, _ProgressPrinter, driver_owned_run,
+    tune_callbacks,
+)
 from pipeline.config import PipelineConfig, config_from_dict
+from pipeline.train_inputs import TrainingInputError
 
 FINAL_WEIGHTS = "model.safetensors"
 USER_ERROR = "tpipe_user_error"  # the metric a worker reports instead of raising a user's error
 USER_ERROR_FILE = "user_error.json"  # the checkpoint that carries it (see report_user_error)
-
-
-class TrainingInputError(UserError):
-    """The token shards and the training config do not fit together (an empty split, a pair longer
-    than train.max_tokens): certain from the start, so it fails once instead of being retried."""
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -33,76 +33,87 @@ def train_func(config: dict[str, Any]) -> None:
     import torch
     from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 
-    from data.loader import TokenBatchLoader
-    from data.tokenizer import load_tokenizer
-    from pipeline.artifacts import local_copy
     from pipeline.lightning_module import Seq2SeqModule
 
     _quiet_worker_logs()
     cfg = config_from_dict(config["pipeline"])
-    tcfg = cfg.train
-    torch.set_num_threads(tcfg.threads_per_worker)
+    torch.set_num_threads(cfg.train.threads_per_worker)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    model_cfg = cfg.model
-    loader_kw = dict(pad_id=model_cfg.pad_id, bos_id=model_cfg.bos_id, eos_id=model_cfg.eos_id, seed=cfg.seed)
-    error = None
-    try:  # a user's error here is the same on every attempt: report it once, never retry it
-        # Inputs may be URIs (a remote artifact root): fetched once per node into its own cache.
-        tokenizer = load_tokenizer(local_copy(config["tokenizer_dir"]))
-        train_loader = TokenBatchLoader(
-            [local_copy(p) for p in config["train_shards"]], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=True, **loader_kw
-        )
-        val_loader = TokenBatchLoader(
-            [local_copy(p) for p in config["valid_shards"]], max_tokens=tcfg.max_tokens, rank=rank, world_size=world, shuffle=False, **loader_kw
-        )
-        len(train_loader), len(val_loader)  # the epoch plans: a split that cannot be cut fails here
-    except UserError as e:
-        error = str(e)
-    error = first_error_of_any_rank(error)
+    inputs, error = open_inputs(config, cfg, rank, world)
+    error = first_error_of_any_rank(error)  # a user's error is the same on every attempt: report it once
     if error is not None:
         report_user_error(error, rank)
         return
-    module = Seq2SeqModule(
-        model_cfg,
-        tcfg,
-        decode_fn=tokenizer.decode,
-        bleu_sample=[(list(ids), ref) for ids, ref in config["bleu_sample"]],
-        tgt_lang=cfg.data.tgt_lang,
-    )
-
+    tokenizer, train_loader, val_loader = inputs
+    bleu_sample = [(list(ids), ref) for ids, ref in config["bleu_sample"]]
+    module = Seq2SeqModule(cfg.model, cfg.train, tokenizer.decode, bleu_sample, tgt_lang=cfg.data.tgt_lang)
     callbacks: list[L.Callback] = [
         ReportOnValidation(),  # a Ray Train checkpoint after every validation, scored by val_loss
         TrainingState(train_loader, cfg.seed),  # loader position in each checkpoint; RNG seeded per batch
-        _ProgressPrinter(tcfg.max_steps),
+        _ProgressPrinter(cfg.train.max_steps),
     ]
     if config.get("inject_kill"):  # fault-tolerance tests only: see run_training
         callbacks.append(_KillOnce(*config["inject_kill"]))
-    logger: Any = False
-    if rank == 0:  # one writer: the driver created the run, rank 0 logs into it (mlflow#11782)
-        from lightning.pytorch.loggers import MLFlowLogger
+    # One writer: the driver created the run, rank 0 logs into it (mlflow#11782).
+    logger = driver_owned_run(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else False
+    trainer = L.Trainer(strategy=ddp_strategy(), plugins=[RayLightningEnvironment()], callbacks=callbacks,
+                        logger=logger, **trainer_settings(cfg.train))
+    # deterministic=True also fills every new tensor with NaN (a guard against reading uninitialized
+    # memory); none of our ops reads it, and the fill is a pass over every activation. The loss
+    # curve stays bit-identical across runs and resumes (tests/pipeline/test_e2e.py).
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    trainer = prepare_trainer(trainer)
+    if cfg.train.compile:
+        module.model = torch.compile(module.model)
 
-        class DriverOwnedRun(MLFlowLogger):
-            """Logs into the driver's run but never ends it: its status is the driver's to set
-            (FINISHED, FAILED, or KILLED on Ctrl-C, which a worker's own teardown would overwrite)."""
+    ckpt_dir = training_checkpoint()  # resuming after a failure or a re-run of an interrupted pipeline
+    if ckpt_dir is not None and os.path.exists(os.path.join(ckpt_dir, FINAL_WEIGHTS)):
+        report_finished_training(ckpt_dir, rank)  # an earlier attempt finished; only the driver was lost
+        return
+    ckpt_path = None if ckpt_dir is None else os.path.join(ckpt_dir, RayTrainReportCallback.CHECKPOINT_NAME)
+    if rank == 0 and ckpt_path is not None:
+        print(f"[train] resuming from {ckpt_path}", flush=True)
+    # The loader goes to Lightning wrapped as a plain iterable: TrainingState owns its position,
+    # because Lightning's own loader state is read one prefetched batch too late.
+    trainer.fit(module, train_dataloaders=_Batches(train_loader), val_dataloaders=_FullPasses(val_loader),
+                ckpt_path=ckpt_path, weights_only=True)  # checkpoints hold tensors and plain Python values only
+    report_final_weights(trainer, module, rank)
 
-            def finalize(self, status: str = "success") -> None:
-                pass
 
-        logger = DriverOwnedRun(tracking_uri=config["tracking_uri"], run_id=config["mlflow_run_id"])
+def open_inputs(config: dict[str, Any], cfg: PipelineConfig, rank: int, world: int):
+    """((tokenizer, train loader, validation loader), None), or (None, the user's error message).
+
+    Inputs may be URIs (a remote artifact root): fetched once per node into its own cache.
+    """
+    from data.loader import TokenBatchLoader
+    from data.tokenizer import load_tokenizer
+    from pipeline.artifacts import local_copy
+
+    m = cfg.model
+    kw = dict(max_tokens=cfg.train.max_tokens, rank=rank, world_size=world, pad_id=m.pad_id, bos_id=m.bos_id,
+              eos_id=m.eos_id, seed=cfg.seed)
+    try:
+        tokenizer = load_tokenizer(local_copy(config["tokenizer_dir"]))
+        train_loader = TokenBatchLoader([local_copy(p) for p in config["train_shards"]], shuffle=True, **kw)
+        val_loader = TokenBatchLoader([local_copy(p) for p in config["valid_shards"]], shuffle=False, **kw)
+        len(train_loader), len(val_loader)  # the epoch plans: a split that cannot be cut fails here
+    except UserError as e:
+        return None, str(e)
+    return (tokenizer, train_loader, val_loader), None
+
+
+def trainer_settings(tcfg) -> dict[str, Any]:
+    """The plain `lightning.Trainer` arguments of a TrainConfig (Ray's strategy and plugin are added by train_func)."""
     precision = tcfg.precision if tcfg.precision != "auto" else ("bf16-mixed" if tcfg.use_gpu else "32-true")
-    trainer = L.Trainer(
+    return dict(
         max_steps=tcfg.max_steps,
         max_time=_max_time(tcfg.max_seconds),
         max_epochs=-1,
         accelerator="gpu" if tcfg.use_gpu else "cpu",
         devices="auto",
-        strategy=ddp_strategy(),
-        plugins=[RayLightningEnvironment()],
-        callbacks=callbacks,
-        logger=logger,
         precision=precision,
         gradient_clip_val=tcfg.grad_clip or None,
         accumulate_grad_batches=tcfg.accumulate_grad_batches,
@@ -116,39 +127,34 @@ def train_func(config: dict[str, Any]) -> None:
         use_distributed_sampler=False,  # TokenBatchLoader already partitions by rank
         deterministic=True,
     )
-    # deterministic=True also fills every new tensor with NaN (a guard against reading uninitialized
-    # memory); none of our ops reads it, and the fill is a pass over every activation. The loss
-    # curve stays bit-identical across runs and resumes (tests/pipeline/test_e2e.py).
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    trainer = prepare_trainer(trainer)
-    if tcfg.compile:
-        module.model = torch.compile(module.model)
 
-    ckpt_path = None
+
+def training_checkpoint() -> str | None:
+    """The folder of Ray Train's latest checkpoint of this run, or None (a fresh start).
+
+    The record of an earlier attempt's user error (USER_ERROR_FILE) is no training state: None too.
+    """
+    import ray.train
+
     checkpoint = ray.train.get_checkpoint()
     ckpt_dir = checkpoint.to_directory() if checkpoint is not None else None
     if ckpt_dir is not None and os.path.exists(os.path.join(ckpt_dir, USER_ERROR_FILE)):
-        ckpt_dir = None  # the record of an earlier attempt's user error, not a training state
-    if ckpt_dir is not None:  # resuming after a failure or a re-run of an interrupted pipeline
-        if os.path.exists(os.path.join(ckpt_dir, FINAL_WEIGHTS)):
-            # An earlier attempt finished training and only the driver was lost: hand the result back.
-            metrics = json.loads(Path(ckpt_dir, "metrics.json").read_text())
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if rank == 0 else None)
-            return
-        ckpt_path = os.path.join(ckpt_dir, RayTrainReportCallback.CHECKPOINT_NAME)
-        if rank == 0:
-            print(f"[train] resuming from {ckpt_path}", flush=True)
-    # The loader goes to Lightning wrapped as a plain iterable: TrainingState owns its position,
-    # because Lightning's own loader state is read one prefetched batch too late.
-    trainer.fit(
-        module,
-        train_dataloaders=_Batches(train_loader),
-        val_dataloaders=_FullPasses(val_loader),
-        ckpt_path=ckpt_path,
-        weights_only=True,  # checkpoints hold tensors and plain Python values only
-    )
+        return None
+    return ckpt_dir
 
-    # The final weights leave the workers as a Ray Train checkpoint (works across nodes).
+
+def report_finished_training(ckpt_dir: str, rank: int) -> None:
+    """An earlier attempt finished training and only the driver was lost: hand its result back as is."""
+    import ray.train
+
+    metrics = json.loads(Path(ckpt_dir, "metrics.json").read_text())
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if rank == 0 else None)
+
+
+def report_final_weights(trainer, module, rank: int) -> None:
+    """The final weights leave the workers as a Ray Train checkpoint (works across nodes), with the metrics."""
+    import ray.train
+
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update({"step": trainer.global_step, "final": 1})
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,31 +201,6 @@ def first_error_of_any_rank(error: str | None) -> str | None:
     return next((e for e in errors if e is not None), None)
 
 
-def check_training_inputs(cfg: PipelineConfig, train_shards: list[str], valid_shards: list[str]) -> None:
-    """On the driver, before Ray Train starts: every rank gets a batch of each split, the longest pair
-    fits train.max_tokens, and the first epoch's batches divide among the ranks. Reads the length
-    columns only (the plan costs about a microsecond a row)."""
-    import pyarrow.parquet as pq
-
-    from data.loader import TokenBatchLoader
-
-    world = cfg.train.num_workers
-    for split, shards in (("train", train_shards), ("valid", valid_shards)):
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
-        if rows < world:
-            hint = "raise data.valid_fraction or give data.valid_paths" if split == "valid" else "add data to data.paths"
-            raise TrainingInputError(
-                f"the {split} split has {rows} pair(s), fewer than train.num_workers={world} (each rank needs a "
-                f"batch); {hint}, or lower train.num_workers"
-            )
-        try:
-            loader = TokenBatchLoader(shards, max_tokens=cfg.train.max_tokens, pad_id=0, bos_id=1, eos_id=2,
-                                      seed=cfg.seed, world_size=world, shuffle=split == "train")
-            len(loader)  # the first epoch's plan, as every rank makes it
-        except UserError as e:
-            raise TrainingInputError(f"the {split} split: {e}") from None
-
-
 def _max_time(seconds: float):
     """train.max_time for Lightning, whose Timer stops at the first optimizer step past it and keeps
     the time spent in the checkpoint, so a resumed run stops at the same total budget."""
@@ -256,175 +237,6 @@ def _quiet_worker_logs() -> None:
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
-def _callback_base():
-    import lightning as L
-
-    return L.Callback
-
-
-def _report_callback_base():
-    from ray.train.lightning import RayTrainReportCallback
-
-    return RayTrainReportCallback
-
-
-class ReportOnValidation(_report_callback_base()):
-    """RayTrainReportCallback, fired after each validation instead of at each epoch end.
-
-    Validation is where val_loss exists, so Ray Train can keep the top-k checkpoints by it, and
-    checkpoints come every `val_every_steps` even when an epoch is long.
-    """
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        pass
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            super().on_train_epoch_end(trainer, pl_module)
-
-
-class _Batches:
-    """The loader as a plain iterable (no state_dict), so Lightning leaves its state to TrainingState."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __iter__(self):
-        return iter(self.loader)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
-class _FullPasses:
-    """The validation loader as an iterable that starts from its first batch on every pass.
-
-    Lightning stops after len() batches without exhausting the generator, so the loader's own
-    position would stay at the end and every second validation would see no batches at all.
-    """
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __iter__(self):
-        self.loader.load_state_dict({"epoch": 0, "position": 0})
-        return iter(self.loader)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
-class TrainingState(_callback_base()):
-    """What Lightning's checkpoint lacks for an exact resume: the loader's position and the RNG.
-
-    The position counts batches *consumed* by training steps, not batches fetched (Lightning
-    prefetches one). The RNG is not saved but re-derived: before every batch, torch's generator is
-    seeded from (seed, rank, epoch, position). Each rank draws a different number of dropout bits
-    (batch shapes differ), so one saved RNG state could not serve every rank; a state that is a
-    function of the position needs nothing saved and is the same however the run got there.
-    """
-
-    def __init__(self, loader, seed: int):
-        self.loader, self.seed = loader, seed
-        self.epoch, self.consumed = 0, 0
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        # Each epoch has its own deterministic shuffle; a restored epoch keeps its position.
-        self.loader.set_epoch(trainer.current_epoch)
-        if self.epoch != trainer.current_epoch:
-            self.epoch, self.consumed = trainer.current_epoch, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        seed_generators(batch_seed(self.seed, trainer.global_rank, self.epoch, self.consumed), pl_module.device)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.epoch, self.consumed = trainer.current_epoch, self.consumed + 1
-
-    def state_dict(self) -> dict:
-        return {"loader": {"epoch": self.epoch, "position": self.consumed}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.consumed = state["loader"]["epoch"], state["loader"]["position"]
-        self.loader.load_state_dict({"epoch": self.epoch, "position": self.consumed})
-
-
-def seed_generators(seed: int, device) -> None:
-    """Seed the generators a training step on `device` draws from, as torch.manual_seed would.
-
-    torch.manual_seed also seeds every accelerator torch was built for; one that is not
-    initialized (XPU in a CUDA or CPU build, CUDA on a CPU-only run) queues the seed with a
-    formatted stack trace, about 2 ms at Lightning's stack depth, every step.
-    """
-    import torch
-
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed_all(seed)
-    elif device.type != "cpu":  # MPS and the rest: let torch find them
-        torch.manual_seed(seed)
-
-
-def batch_seed(seed: int, rank: int, epoch: int, position: int) -> int:
-    """A 63-bit seed for one training batch on one rank (stable across processes and platforms)."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{seed}:{rank}:{epoch}:{position}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-class _KillOnce(_callback_base()):
-    """Test hook: worker `rank` SIGKILLs its own process once, after optimizer step `step`.
-
-    Enabled only by TPIPE_INJECT_KILL_WORKER="RANK:STEP" in the driver's environment; a marker file
-    in the run's storage makes it fire on the first attempt only.
-    """
-
-    def __init__(self, rank: int, step: int, marker: str):
-        self.rank, self.step, self.marker = rank, step, marker
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        import signal
-
-        if trainer.global_rank == self.rank and trainer.global_step == self.step and not os.path.exists(self.marker):
-            Path(self.marker).parent.mkdir(parents=True, exist_ok=True)
-            Path(self.marker).write_text(str(os.getpid()))
-            print(f"[train] injected failure: rank {self.rank} kills itself at step {self.step}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-class _ProgressPrinter(_callback_base()):
-    """One progress line per logging interval, from rank 0 only (Ray forwards it to the driver)."""
-
-    def __init__(self, max_steps: int):
-        self.max_steps = max_steps
-        self._t0: float | None = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        import time
-
-        if trainer.global_rank != 0:
-            return
-        step = trainer.global_step
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
-            self._s0 = step
-        every = max(trainer.log_every_n_steps * 4, 1)
-        if (step % every != 0 and step != self.max_steps) or step == getattr(self, "_last", None):
-            return
-        self._last = step
-        m = trainer.callback_metrics
-        elapsed = time.perf_counter() - self._t0
-        rate = (step - self._s0) / elapsed if elapsed > 0 else 0.0
-        eta = (self.max_steps - step) / rate if rate > 0 else float("nan")
-        done = int(20 * step / self.max_steps)
-        parts = [f"{'█' * done}{'░' * (20 - done)} {100 * step / self.max_steps:3.0f}%  step {step}/{self.max_steps}"]
-        for key, name in (("train/loss", "loss"), ("val/loss", "val_loss"), ("val/bleu", "val_bleu")):
-            if key in m:
-                parts.append(f"{name} {float(m[key]):.3f}")
-        parts.append(f"eta {eta:.0f}s")
-        print("[train] " + "  ".join(parts), flush=True)
-
-
 def fit_in_a_thread(trainer):
     """trainer.fit() in a helper thread, so that Ctrl-C and SIGTERM reach tpipe at once.
 
@@ -452,18 +264,6 @@ def fit_in_a_thread(trainer):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
-
-
-def tune_callbacks() -> list:
-    """Inside a `tpipe sweep` trial (pipeline/sweep.py), every validation's metrics also go to Tune,
-    whose scheduler stops the trials that lag; outside one, nothing."""
-    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
-
-    if not _in_tune_session():
-        return []
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    return [TuneReportCallback()]
 
 
 def run_training(
@@ -541,3 +341,60 @@ def run_training(
         shutil.copy2(src, out_dir / FINAL_WEIGHTS)
         metrics = json.loads((Path(d) / "metrics.json").read_text())
     return metrics
+
+
+def with_tokenizer_ids(cfg: PipelineConfig, tokenizer) -> PipelineConfig:
+    """The config with the model's vocabulary and special ids from the tokenizer, never from hand-set config."""
+    import dataclasses
+
+    model_cfg = dataclasses.replace(
+        cfg.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
+        eos_id=tokenizer.eos_id,
+    )
+    return dataclasses.replace(cfg, model=model_cfg)
+
+
+def bleu_sample(tokenizer, pairs: list[tuple[str, str]], model_cfg) -> list[tuple[list[int], str]]:
+    """(framed source ids, reference text) of a fixed validation sample, for BLEU during training
+    (greedy decoding on rank 0's schedule); it travels to the workers as data."""
+    from data.framing import frame_source
+
+    ids = tokenizer.encode_batch([s for s, _ in pairs])
+    return [(frame_source(x, model_cfg.eos_id, model_cfg.max_seq_len), ref) for x, (_, ref) in zip(ids, pairs)]
+
+
+def train_model(
+    cfg: PipelineConfig, tokenizer, valid_pairs: list[tuple[str, str]], *, shards: dict[str, list[str]],
+    locations: dict[str, list[str]], tokenizer_location: str, storage_path: str, name: str, out_dir: Path,
+):
+    """Train on Ray Train inside the active MLflow run; returns (the trained Transformer, final metrics).
+
+    `shards` are the token shards of "train" and "valid" on this machine (checked here, before Ray
+    Train starts); `locations` the same as workers open them (URIs when the artifact root is remote).
+    The weights stay in `out_dir`/FINAL_WEIGHTS until the caller has packaged them.
+    """
+    import mlflow
+    from safetensors.torch import load_model
+
+    from model.transformer import Transformer
+    from pipeline.tracking import log_dict_params
+    from pipeline.train_inputs import check_training_inputs
+
+    # an empty split or a pair longer than train.max_tokens: one line now, not after Ray Train's retries
+    check_training_inputs(cfg, shards["train"], shards["valid"])
+    # One MLflow run per training, created on the driver (the step's nested run, see
+    # runner.mlflow_step_run; an interrupted attempt's run is continued); its id goes to the workers.
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("the train step runs inside an MLflow run (pipeline.runner.mlflow_step_run)")
+    if "train.max_steps" not in mlflow.get_run(run.info.run_id).data.params:
+        log_dict_params(cfg.to_dict())
+    mlflow.set_tags({"tpipe.tokenizer_fingerprint": tokenizer.fingerprint})
+    metrics = run_training(
+        cfg, tokenizer_dir=tokenizer_location, train_shards=locations["train"], valid_shards=locations["valid"],
+        bleu_sample=bleu_sample(tokenizer, valid_pairs, cfg.model), tracking_uri=mlflow.get_tracking_uri(),
+        mlflow_run_id=run.info.run_id, storage_path=storage_path, name=name, out_dir=out_dir,
+    )
+    model = Transformer(cfg.model)
+    load_model(model, str(out_dir / FINAL_WEIGHTS))
+    return model, metrics

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data.loader import TokenBatchLoader, _cut_batches, _pad_gather
+from data.framing import pad_gather
+from data.loader import TokenBatchLoader, _cut_batches
 from data.prepare import TOKEN_SCHEMA
 
 PAD, BOS, EOS = 0, 1, 2
@@ -64,7 +65,7 @@ def test_known_answer_collate(tmp_path):
 
 def test_helpers_known_answers():
     np.testing.assert_array_equal(
-        _pad_gather(np.array([5, 6, 7]), np.array([0, 2]), np.array([2, 1]), 4, 1, 0), [[0, 5, 6, 0], [0, 7, 0, 0]]
+        pad_gather(np.array([5, 6, 7]), np.array([0, 2]), np.array([2, 1]), 4, 1, 0), [[0, 5, 6, 0], [0, 7, 0, 0]]
     )
     assert _cut_batches(np.array([2, 2, 3, 9]), np.array([3, 3, 3, 9]), 12) == [2, 3]
 

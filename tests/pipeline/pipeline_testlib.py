@@ -101,7 +101,7 @@ def register_tiny_model(root: Path, name: str, lines: list[str], max_len: int = 
     from model.config import ModelConfig
     from model.transformer import Transformer
     from pipeline.registry import log_and_register
-    from pipeline.translate import save_model_package
+    from pipeline.package import save as save_model_package
 
     corpus = root / "tokenizer-corpus.txt"
     corpus.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

@@ -359,7 +359,7 @@ def test_user_error_in_the_workers_fails_once(ray_home, tmp_path):
     from data.tokenizer import load_tokenizer
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
-    from pipeline.steps import token_shards
+    from data.shards import token_shards
     from pipeline.train import TrainingInputError, run_training
 
     cfg = load_config("smoke", [*FILES[2:], _files(ray_home / "varied.tsv"), *LONG_PAIRS, "train.max_tokens=16"])

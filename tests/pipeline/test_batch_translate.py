@@ -15,7 +15,7 @@ from pipeline_testlib import fresh_ray, register_tiny_model, tpipe_home
 from pipeline.batch_translate import (
     INJECT_KILL_ENV, TranslateError, check_output, read_corpus, write_translations,
 )
-from pipeline.translate import length_batches
+from pipeline.inference import length_batches
 
 
 def _lines(n: int, seed: int = 3) -> list[str]:
@@ -128,7 +128,7 @@ def _translate_in_one_thread(package: Path, lines: list[str], **overrides) -> li
     machine)."""
     import torch
 
-    from pipeline.translate import Translator
+    from pipeline.inference import Translator
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -110,7 +110,7 @@ def test_steps_between_logging_steps_read_nothing_back_from_the_device(monkeypat
 
     import lightning as L
 
-    from pipeline.train import TrainingState, _Batches, _ProgressPrinter
+    from pipeline.callbacks import TrainingState, _Batches, _ProgressPrinter
 
     every = 10
     reads: dict[int, list[str]] = {}

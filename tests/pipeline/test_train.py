@@ -7,7 +7,8 @@ import traceback
 import pytest
 import torch
 
-from pipeline.train import batch_seed, ddp_strategy, seed_generators
+from pipeline.callbacks import batch_seed, seed_generators
+from pipeline.train import ddp_strategy
 
 
 def test_seed_generators_draws_what_torch_manual_seed_draws_on_cpu():
@@ -71,7 +72,7 @@ def test_training_inputs_are_checked_on_the_driver(tmp_path, overrides, train_ro
     """What would fail identically on every Ray Train attempt is refused before Ray Train starts."""
     from data.errors import UserError
     from pipeline.config import load_config
-    from pipeline.train import check_training_inputs
+    from pipeline.train_inputs import check_training_inputs
 
     cfg = load_config("smoke", overrides)
     train = _token_shard(tmp_path / "train.parquet", train_rows)

@@ -14,7 +14,7 @@ def package(tmp_path_factory):
     from data.tokenizer import TokenizerConfig, train_tokenizer
     from model.config import ModelConfig
     from model.transformer import Transformer
-    from pipeline.translate import save_model_package
+    from pipeline.package import save as save_model_package
 
     d = tmp_path_factory.mktemp("pkg")
     (d / "corpus.txt").write_text("hello world\nhallo welt\n" * 20, encoding="utf-8")
@@ -27,18 +27,18 @@ def package(tmp_path_factory):
 
 
 def test_empty_sentences_translate_to_empty_ones_in_place(package):
-    from pipeline.translate import Translator
+    from pipeline.inference import Translator
 
     out = Translator(package).translate(["", "hello world", "   ", "hallo"])
     assert len(out) == 4 and out[0] == "" and out[2] == ""
 
 
 def test_a_cut_input_is_reported(package, caplog):
-    from pipeline.translate import Translator
+    from pipeline.inference import Translator
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.translate"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.inference"):
         Translator(package).translate(["hello world " * 20, "hello"])
-    (record,) = [r for r in caplog.records if r.name == "pipeline.translate"]
+    (record,) = [r for r in caplog.records if r.name == "pipeline.inference"]
     assert "1 sentence(s) longer than the model's 15 source tokens were cut" in record.getMessage()
     assert "sentence 1:" in record.getMessage()
 
@@ -46,7 +46,7 @@ def test_a_cut_input_is_reported(package, caplog):
 @pytest.mark.parametrize("texts", [[], [""], ["  ", "\t"]])
 def test_nothing_to_translate_is_refused(texts):
     from data.errors import UserError
-    from pipeline.translate import check_sentences
+    from pipeline.inference import check_sentences
 
     with pytest.raises(UserError, match="nothing to translate"):
         check_sentences(texts)
