@@ -19,11 +19,11 @@ from pipeline.callbacks import (
     tune_callbacks,
 )
 from pipeline.config import PipelineConfig, config_from_dict
-from pipeline.train_inputs import TrainingInputError
+from pipeline.train_inputs import (
+    USER_ERROR, USER_ERROR_FILE, TrainingInputError, first_error_of_any_rank, report_user_error,
+)
 
 FINAL_WEIGHTS = "model.safetensors"
-USER_ERROR = "tpipe_user_error"  # the metric a worker reports instead of raising a user's error
-USER_ERROR_FILE = "user_error.json"  # the checkpoint that carries it (see report_user_error)
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -31,7 +31,7 @@ def train_func(config: dict[str, Any]) -> None:
     import lightning as L
     import ray.train
     import torch
-    from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+    from ray.train.lightning import RayLightningEnvironment, prepare_trainer
 
     from pipeline.lightning_module import Seq2SeqModule
 
@@ -55,8 +55,7 @@ def train_func(config: dict[str, Any]) -> None:
         TrainingState(train_loader, cfg.seed),  # loader position in each checkpoint; RNG seeded per batch
         _ProgressPrinter(cfg.train.max_steps),
     ]
-    if config.get("inject_kill"):  # fault-tolerance tests only: see run_training
-        callbacks.append(_KillOnce(*config["inject_kill"]))
+    callbacks += [_KillOnce(*config["inject_kill"])] if config.get("inject_kill") else []  # tests only: run_training
     # One writer: the driver created the run, rank 0 logs into it (mlflow#11782).
     logger = driver_owned_run(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else False
     trainer = L.Trainer(strategy=ddp_strategy(), plugins=[RayLightningEnvironment()], callbacks=callbacks,
@@ -73,13 +72,10 @@ def train_func(config: dict[str, Any]) -> None:
     if ckpt_dir is not None and os.path.exists(os.path.join(ckpt_dir, FINAL_WEIGHTS)):
         report_finished_training(ckpt_dir, rank)  # an earlier attempt finished; only the driver was lost
         return
-    ckpt_path = None if ckpt_dir is None else os.path.join(ckpt_dir, RayTrainReportCallback.CHECKPOINT_NAME)
-    if rank == 0 and ckpt_path is not None:
-        print(f"[train] resuming from {ckpt_path}", flush=True)
     # The loader goes to Lightning wrapped as a plain iterable: TrainingState owns its position,
     # because Lightning's own loader state is read one prefetched batch too late.
     trainer.fit(module, train_dataloaders=_Batches(train_loader), val_dataloaders=_FullPasses(val_loader),
-                ckpt_path=ckpt_path, weights_only=True)  # checkpoints hold tensors and plain Python values only
+                ckpt_path=resume_path(ckpt_dir, rank), weights_only=True)  # tensors and plain values only
     report_final_weights(trainer, module, rank)
 
 
@@ -143,6 +139,18 @@ def training_checkpoint() -> str | None:
     return ckpt_dir
 
 
+def resume_path(ckpt_dir: str | None, rank: int) -> str | None:
+    """The Lightning checkpoint inside Ray Train's checkpoint folder, or None for a fresh start."""
+    from ray.train.lightning import RayTrainReportCallback
+
+    if ckpt_dir is None:
+        return None
+    ckpt_path = os.path.join(ckpt_dir, RayTrainReportCallback.CHECKPOINT_NAME)
+    if rank == 0:
+        print(f"[train] resuming from {ckpt_path}", flush=True)
+    return ckpt_path
+
+
 def report_finished_training(ckpt_dir: str, rank: int) -> None:
     """An earlier attempt finished training and only the driver was lost: hand its result back as is."""
     import ray.train
@@ -168,37 +176,6 @@ def report_final_weights(trainer, module, rank: int) -> None:
             Path(tmp, "metrics.json").write_text(json.dumps(metrics))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt)
-
-
-def report_user_error(error: str, rank: int) -> None:
-    """End this attempt as finished, carrying the user's error to the driver (run_training raises it).
-
-    Ray Train keeps a result's metrics only with a checkpoint, so rank 0 reports a checkpoint that
-    holds just the message (USER_ERROR_FILE); every rank reports, as Ray Train requires.
-    """
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = None
-        if rank == 0:
-            Path(tmp, USER_ERROR_FILE).write_text(json.dumps({"error": error}))
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({"val_loss": float("inf"), USER_ERROR: error}, checkpoint=ckpt)
-
-
-def first_error_of_any_rank(error: str | None) -> str | None:
-    """The error message of the lowest rank that has one, on every rank (None when none has).
-
-    Ray Train retries any worker that raises (a lost worker and a wrong input look alike to it);
-    ranks that agree on a user's error can instead all report it and end, and the driver raises it.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return error
-    errors: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
-    return next((e for e in errors if e is not None), None)
 
 
 def _max_time(seconds: float):

@@ -1,12 +1,22 @@
-"""Checks on the driver, before Ray Train starts, that the token shards and the training config fit.
+"""The training inputs and the user's errors in them, found once and never retried.
 
-A wrong input found here fails once with one line, instead of after Ray Train's retries.
+On the driver, before Ray Train starts, `check_training_inputs` checks that the token shards and
+the training config fit. What only a worker can find (a tokenizer or shard it cannot open) every
+rank agrees on (`first_error_of_any_rank`) and reports as a finished attempt (`report_user_error`),
+which the driver raises: Ray Train would otherwise retry it like a lost worker.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 from data.errors import UserError
 from pipeline.config import PipelineConfig
+
+USER_ERROR = "tpipe_user_error"  # the metric a worker reports instead of raising a user's error
+USER_ERROR_FILE = "user_error.json"  # the checkpoint that carries it (see report_user_error)
 
 
 class TrainingInputError(UserError):
@@ -37,3 +47,34 @@ def check_training_inputs(cfg: PipelineConfig, train_shards: list[str], valid_sh
             len(loader)  # the first epoch's plan, as every rank makes it
         except UserError as e:
             raise TrainingInputError(f"the {split} split: {e}") from None
+
+
+def report_user_error(error: str, rank: int) -> None:
+    """End this attempt as finished, carrying the user's error to the driver (run_training raises it).
+
+    Ray Train keeps a result's metrics only with a checkpoint, so rank 0 reports a checkpoint that
+    holds just the message (USER_ERROR_FILE); every rank reports, as Ray Train requires.
+    """
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            Path(tmp, USER_ERROR_FILE).write_text(json.dumps({"error": error}))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"val_loss": float("inf"), USER_ERROR: error}, checkpoint=ckpt)
+
+
+def first_error_of_any_rank(error: str | None) -> str | None:
+    """The error message of the lowest rank that has one, on every rank (None when none has).
+
+    Ray Train retries any worker that raises (a lost worker and a wrong input look alike to it);
+    ranks that agree on a user's error can instead all report it and end, and the driver raises it.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return error
+    errors: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
