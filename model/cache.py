@@ -9,7 +9,6 @@ Notation: B batch (sentences × beams), H heads, L cached length, D head dim.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
@@ -65,7 +64,3 @@ class DecoderCache:
     def reorder(self, index: Tensor, cross: bool = True) -> None:
         for layer in self.layers:
             layer.reorder(index, cross)
-
-    @torch.no_grad()
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for l in self.layers for t in (l.k, l.v, l.cross_k, l.cross_v) if t is not None)
