@@ -75,7 +75,7 @@ class Seq2SeqModule(L.LightningModule):
             train_cfg = TrainConfig(**train_cfg)
         self.save_hyperparameters(
             {"model_cfg": asdict(model_cfg), "train_cfg": asdict(train_cfg), "tgt_lang": tgt_lang},
-            logger=False,  # the pipeline logs the config itself (pipeline/steps.py)
+            logger=False,  # the driver logs the config itself (pipeline/train.py: train_model)
         )
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.model = Transformer(model_cfg)

@@ -18,6 +18,7 @@ from model.layers import (
     attention_reference,
     build_ffn,
     build_norm,
+    causal_mask,
     sinusoid_table,
 )
 
@@ -113,6 +114,12 @@ def test_attention_is_softmax_qk_over_sqrt_dk_v_in_float64(masked):
     torch.testing.assert_close(ref, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ref_w, weights, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out_sdpa, attn.o_proj(expected.transpose(1, 2).reshape(B, T, H * D)), rtol=1e-10, atol=1e-10)
+
+
+def test_causal_mask_is_the_lower_triangle_and_shifts_after_a_cached_prefix():
+    assert torch.equal(causal_mask(5, 5), torch.ones(5, 5, dtype=torch.bool).tril())
+    # 2 new queries after 3 cached keys: query i sits at position 3 + i and sees keys 0..3 + i
+    assert causal_mask(2, 5, start=3).int().tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
 
 
 def test_causal_flag_matches_explicit_lower_triangle():
