@@ -3,6 +3,11 @@
 The Ray-specific pieces are the ones Ray's Lightning guide names, kept visible in `train_func`:
 RayDDPStrategy (built by `ddp_strategy`, with its DDP options), RayLightningEnvironment,
 RayTrainReportCallback and prepare_trainer. Everything else is an ordinary `lightning.Trainer`.
+
+On the driver, `train_model` (called by the train step) checks the inputs (pipeline/train_inputs.py),
+logs the config and runs `run_training`, which launches the TorchTrainer and brings the final weights
+back. On each worker, `train_func` builds the loaders, the Seq2SeqModule (pipeline/lightning_module.py)
+and the Trainer with the callbacks of pipeline/callbacks.py.
 """
 
 from __future__ import annotations
