@@ -206,13 +206,6 @@ _BLOCK_BYTES = 1 << 22
 Batch = tuple[np.ndarray, list, list, "list[str | None] | None"]
 
 
-def read_unit(unit: Unit, cfg: DataConfig) -> Iterator[Record]:
-    """Every record of one unit, in file order, one at a time (for tests and tools)."""
-    for lines, srcs, tgts, known in read_batches(unit, cfg):
-        for i, (n, s, t) in enumerate(zip(lines.tolist(), srcs, tgts)):
-            yield n, s, t, None if known is None else known[i]
-
-
 def read_batches(unit: Unit, cfg: DataConfig) -> Iterator[Batch]:
     """The records of one unit in file order, in batches of up to about BATCH_ROWS.
 
