@@ -27,7 +27,8 @@ from typing import Any
 
 from data.tokenizer.config import TokenizerConfig
 from data.tokenizer.counting import Chunk, CountStats, Reader, iter_texts, plan_chunks
-from data.tokenizer.files import TokenizerFileError, dumps_vocab, write_atomic
+from data.tokenizer.errors import TokenizerFileError, TrainingError
+from data.tokenizer.files import dumps_vocab, write_atomic
 from data.tokenizer.pretokenize import split_specials, text_to_bytes
 from data.tokenizer.tokenizer import FORMAT_VERSION, META_FILE, Tokenizer
 
@@ -79,8 +80,6 @@ def draw_sample(inputs: list[str], reader: Reader, k: int, n_tasks: int) -> tupl
 
 def train_sentencepiece(cfg: TokenizerConfig, inputs: list[str], reader: Reader) -> SentencePieceTokenizer:
     import sentencepiece as spm
-
-    from data.tokenizer.train import TrainingError
 
     specials = list(cfg.special_tokens)
     if len(specials) < 4:
