@@ -20,7 +20,8 @@ from data.cleaning import REJECT_REASONS, as_text, clean_batch, pair_key, split_
 from data.config import DataConfig
 from data.io import tmp_path_for, write_json_atomic
 from data.shards import SPLITS
-from data.sources import Unit, read_batches, read_split_values
+from data.sources import read_batches, read_split_values
+from data.units import Unit
 
 PARTIAL_SCHEMA = pa.schema(
     [

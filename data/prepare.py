@@ -28,7 +28,7 @@ from data.ingest import ingest_unit
 from data.io import MANIFEST, file_identity, read_json, write_json_atomic
 from data.report import LENGTHS_PNG, check_not_empty, data_report
 from data.shards import FORMAT_VERSION, RAW_SCHEMA, outputs_intact
-from data.sources import Unit, plan_units
+from data.units import Unit, plan_units
 from data.tasks import concat_files, gather, require_ray
 
 

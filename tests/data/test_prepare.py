@@ -287,7 +287,7 @@ def test_a_huge_line_keeps_the_length_histogram_small(tmp_path):
     from data.ingest import ingest_unit as _ingest_unit
     from data.report import HIST_CHARS
     from data.report import percentiles as _percentiles
-    from data.sources import plan_units
+    from data.units import plan_units
 
     path = _write_tsv(tmp_path / "c.tsv", [("hello", "hallo"), ("w " * 500_000, "x " * 500_000)])
     cfg = DataConfig(source="files", paths=[path], max_chars=10_000_000, n_shards=1, valid_fraction=0, test_fraction=0)

@@ -15,7 +15,8 @@ from data.config import DataConfig
 from data.gettext import Entry, write_mo
 from data.io import DataError, expand_paths
 from data.cleaning import REJECT_REASONS, clean_batch
-from data.sources import Unit, line_chunks, plan_units, read_batches
+from data.sources import read_batches
+from data.units import Unit, line_chunks, plan_units
 
 # Nasty but valid pairs: CJK, emoji, combining marks, quotes and backslashes, an inner tab for JSON.
 PAIRS = [
