@@ -27,7 +27,6 @@ from data.tokenizer.pretokenize import (
     cut_long,
     from_byte_level,
     pattern_text,
-    split_specials,
     text_to_bytes,
     to_byte_level,
 )
@@ -145,13 +144,7 @@ class BPETokenizer(Tokenizer):
         if not allowed_special:
             return self.encode_ordinary(text)
         allowed = self._allowed(allowed_special)
-        out: list[int] = []
-        for k, part in enumerate(split_specials(text, allowed)):
-            if k % 2:
-                out.append(self._special_ids[part])
-            elif part:
-                out.extend(self.encode_ordinary(part))
-        return out
+        return self._encode_around_specials(text, allowed, self.encode_ordinary)
 
     # ---- decoding ----------------------------------------------------------------------------
 
@@ -321,15 +314,19 @@ class BPETokenizer(Tokenizer):
         cfg: TokenizerConfig,
         train_stats: dict[str, Any] | None = None,
     ) -> BPETokenizer:
-        """Build from trained merges given as id pairs over `tokens` (specials first, then bytes, then merges)."""
+        """Build from trained merges given as id pairs over `tokens` (`base`, then what the merges added)."""
         specials, pattern_name = list(cfg.special_tokens), cls.pattern_name_of(cfg)
-        S = len(specials)
-        names = list(specials) + [to_byte_level(t) for t in tokens[S:]]
+        names = cls._names(tokens, len(specials))
         merges = [(names[a], names[b]) for a, b in merges_ids]
         return cls(
-            derive_tokens(byte_base(specials), merges), merges, specials, pattern_text(pattern_name),
+            derive_tokens(names[: len(base)], merges), merges, specials, pattern_text(pattern_name),
             cfg.max_pretoken_chars, pattern_name=pattern_name, train_stats=train_stats,
         )
+
+    @staticmethod
+    def _names(tokens: list, n_specials: int) -> list[str]:
+        """Trained tokens as vocab.json writes them: specials, then bytes as GPT-2 characters (b' hi' -> 'Ġhi')."""
+        return list(tokens[:n_specials]) + [to_byte_level(t) for t in tokens[n_specials:]]
 
 
 def bpe_fingerprint(kind: str, merges: list[tuple[str, str]], specials: list[str], pattern: str, max_chars: int) -> str:
@@ -355,9 +352,3 @@ def derive_tokens(base: list[str], merges: list[tuple[str, str]]) -> list[str]:
             seen.add(a + b)
             tokens.append(a + b)
     return tokens
-
-
-def byte_base(special_tokens: list[str]) -> list[str]:
-    """Specials, then the 256 byte characters in code-point order (GPT-2's and HF's ids for bytes)."""
-    to_char = bytes_to_unicode()
-    return list(special_tokens) + [to_char[b] for b in byte_order()]

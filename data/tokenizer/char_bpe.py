@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from data.tokenizer.bpe import learn_merges
-from data.tokenizer.bpe_tokenizer import BPETokenizer, derive_tokens
+from data.tokenizer.bpe_tokenizer import BPETokenizer
 from data.tokenizer.config import TokenizerConfig
-from data.tokenizer.pretokenize import pattern_text
 
 END_OF_WORD = "</w>"
 
@@ -91,19 +90,7 @@ class CharBPETokenizer(BPETokenizer):
         tokens = list(base)
         return base, tokens, learn_merges(words, counts, tokens, cfg.vocab_size, cfg.min_frequency, backend=backend)
 
-    @classmethod
-    def from_trained(
-        cls,
-        merges_ids: list[tuple[int, int]],
-        base: list,
-        tokens: list,
-        cfg: TokenizerConfig,
-        train_stats: dict[str, Any] | None = None,
-    ) -> BPETokenizer:
-        """Build from trained merges given as id pairs over `tokens` (specials, the alphabet, then merges)."""
-        specials, pattern_name = list(cfg.special_tokens), cls.pattern_name_of(cfg)
-        merges = [(tokens[a], tokens[b]) for a, b in merges_ids]
-        return cls(
-            derive_tokens(base, merges), merges, specials, pattern_text(pattern_name),
-            cfg.max_pretoken_chars, pattern_name=pattern_name, train_stats=train_stats,
-        )
+    @staticmethod
+    def _names(tokens: list, n_specials: int) -> list[str]:
+        """char_bpe's trained tokens are already str: the vocabulary's own names."""
+        return list(tokens)

@@ -75,13 +75,3 @@ def from_tiktoken_ranks(ranks: dict[bytes, int], special_tokens: dict[str, int] 
 def load_tiktoken_file(path: str | Path) -> BPETokenizer:
     """GPT-2 from `gpt2.tiktoken` (see ../shared/bench-data/get_gpt2_ranks.sh for where it comes from)."""
     return from_tiktoken_ranks(read_tiktoken_ranks(path))
-
-
-def save_gpt2_files(tok: BPETokenizer, out_dir: str | Path) -> Path:
-    """Only vocab.json + merges.txt, as GPT-2 ships them (load_tokenizer accepts such a directory)."""
-    from data.tokenizer.files import dumps_vocab, write_atomic
-
-    out = Path(out_dir)
-    write_atomic(out / "vocab.json", dumps_vocab(tok.tokens))
-    write_atomic(out / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tok.merges))
-    return out

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from data.tokenizer.pretokenize import split_specials
+
 FORMAT_VERSION = 1
 META_FILE = "tpipe_tokenizer.json"
 
@@ -25,6 +27,7 @@ class Tokenizer(ABC):
 
     kind: str
     special_tokens: list[str]
+    _special_ids: dict[str, int]  # special token -> id
 
     @abstractmethod
     def encode(self, text: str, *, allowed_special: set[str] | str = ()) -> list[int]:
@@ -97,6 +100,16 @@ class Tokenizer(ABC):
         if unknown:
             raise ValueError(f"allowed_special has tokens that are not special tokens: {sorted(unknown)}")
         return tuple(sorted(allowed_special))
+
+    def _encode_around_specials(self, text: str, allowed: tuple[str, ...], encode_plain) -> list[int]:
+        """'hi<s>yo' with '<s>' allowed -> encode_plain('hi') + [id of '<s>'] + encode_plain('yo')."""
+        out: list[int] = []
+        for k, part in enumerate(split_specials(text, allowed)):
+            if k % 2:
+                out.append(self._special_ids[part])
+            elif part:
+                out.extend(encode_plain(part))
+        return out
 
 
 def _encode_shard(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
