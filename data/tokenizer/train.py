@@ -130,7 +130,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             f"{meta_path}: format_version {meta['format_version']!r}; this tpipe reads version {FORMAT_VERSION}"
         )
     kind = meta["kind"]
-    if kind in ("byte_bpe", "char_bpe"):
+    if kind in BPE_KINDS:
         for key in ("pattern", "max_pretoken_chars"):
             if key not in meta:
                 raise TokenizerFileError(f"{meta_path}: key {key!r} is missing")
