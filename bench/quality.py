@@ -6,7 +6,7 @@
 
 Data: $TPIPE_BENCH_DATA/en_de.tsv (package<TAB>English<TAB>German, from the machine's gettext catalogs;
 default ~/.cache/tpipe-bench). It is split BY PACKAGE with tpipe's `data.split_by` hash
-(data.prepare.split_of_value, BLAKE2b of "seed:package", 10 % valid, 10 % test of the packages), so no
+(data.cleaning.split_of_value, BLAKE2b of "seed:package", 10 % valid, 10 % test of the packages), so no
 program of the test set is seen in training. The split files are written to OUT/split/{train,valid,test}.tsv
 and both sides read those files.
 
@@ -67,7 +67,7 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 def split_corpus(corpus: Path, out: Path, seed: int, valid_fraction: float, test_fraction: float) -> dict:
     """package-hash split of the TSV into out/{train,valid,test}.tsv; returns pair and package counts."""
-    from data.prepare import split_of_value
+    from data.cleaning import split_of_value
 
     out.mkdir(parents=True, exist_ok=True)
     files = {sp: open(out / f".{sp}.tsv.tmp", "w", encoding="utf-8") for sp in ("train", "valid", "test")}

@@ -44,7 +44,7 @@ def tokenizer(ctx: StepContext) -> dict[str, Any]:
 
 # ---- encode: token-id Parquet shards per split (Ray tasks) -----------------------------------
 def encode(ctx: StepContext) -> dict[str, Any]:
-    from data.prepare import encode_shards
+    from data.encode import encode_shards
 
     manifest = encode_shards(
         str(ctx.input_dir("prepare")),

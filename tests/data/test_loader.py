@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data.loader import TokenBatchLoader, _cut_batches, _pad_gather
-from data.prepare import TOKEN_SCHEMA
+from data.shards import TOKEN_SCHEMA
 
 PAD, BOS, EOS = 0, 1, 2
 
