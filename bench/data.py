@@ -68,7 +68,8 @@ def run_steps(corpus: str, fmt: str, workers: int, work: str, tokenizer_dir: str
     import ray
 
     from data.config import DataConfig
-    from data.prepare import encode_shards, prepare_raw_shards
+    from data.encode import encode_shards
+    from data.prepare import prepare_raw_shards
 
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
@@ -225,7 +226,7 @@ def main() -> None:
         entry["input"], entry["kept"], entry["rejected"] = rep["input"], rep["kept"], rep["rejected"]
         entry["too_long_tokens"] = man["rejected"]["too_long_tokens"]
         entry["tokens"] = man["tokens"]
-        from data.prepare import token_files
+        from data.shards import token_files
 
         train = token_files(r["tok_dir"], "train")
         bucketed, unsorted = padding_fractions(train)

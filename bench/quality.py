@@ -6,7 +6,7 @@
 
 Data: $TPIPE_BENCH_DATA/en_de.tsv (package<TAB>English<TAB>German, from the machine's gettext catalogs;
 default ~/.cache/tpipe-bench). It is split BY PACKAGE with tpipe's `data.split_by` hash
-(data.prepare.split_of_value, BLAKE2b of "seed:package", 10 % valid, 10 % test of the packages), so no
+(data.cleaning.split_of_value, BLAKE2b of "seed:package", 10 % valid, 10 % test of the packages), so no
 program of the test set is seen in training. The split files are written to OUT/split/{train,valid,test}.tsv
 and both sides read those files.
 
@@ -67,7 +67,7 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 def split_corpus(corpus: Path, out: Path, seed: int, valid_fraction: float, test_fraction: float) -> dict:
     """package-hash split of the TSV into out/{train,valid,test}.tsv; returns pair and package counts."""
-    from data.prepare import split_of_value
+    from data.cleaning import split_of_value
 
     out.mkdir(parents=True, exist_ok=True)
     files = {sp: open(out / f".{sp}.tsv.tmp", "w", encoding="utf-8") for sp in ("train", "valid", "test")}
@@ -150,7 +150,7 @@ def tpipe_train_in_process(cfg, res, out_dir: Path) -> dict:
     from data.tokenizer import load_tokenizer
     from model.transformer import Transformer
     from pipeline.lightning_module import Seq2SeqModule
-    from data.shards import token_shards
+    from data.shards import token_files
     from pipeline.callbacks import TrainingState, _Batches
     from pipeline.train import _max_time
     from pipeline.package import save as save_model_package
@@ -161,7 +161,7 @@ def tpipe_train_in_process(cfg, res, out_dir: Path) -> dict:
     tok = load_tokenizer(res["tokenizer"].out_dir)
     mcfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id,
                                eos_id=tok.eos_id)
-    loader = TokenBatchLoader(token_shards(res["encode"].out_dir, "train"), max_tokens=tcfg.max_tokens,
+    loader = TokenBatchLoader(token_files(res["encode"].out_dir, "train"), max_tokens=tcfg.max_tokens,
                               pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, seed=cfg.seed, shuffle=True)
     module = Seq2SeqModule(mcfg, tcfg, decode_fn=tok.decode, tgt_lang=cfg.data.tgt_lang)
 
@@ -202,7 +202,7 @@ def tpipe_worker(args) -> dict:
     from data.loader import TokenBatchLoader
     from data.tokenizer import load_tokenizer
     from pipeline.runner import run_pipeline
-    from data.shards import token_shards
+    from data.shards import token_files
     from pipeline.inference import Translator
 
     work = Path(args.work)
@@ -230,7 +230,7 @@ def tpipe_worker(args) -> dict:
     wall = time.perf_counter() - t0
     # Real tokens: replay the loader's plan (it is a function of the seed) over the steps trained.
     tok = load_tokenizer(res["tokenizer"].out_dir)
-    loader = TokenBatchLoader(token_shards(res["encode"].out_dir, "train"), max_tokens=cfg.train.max_tokens,
+    loader = TokenBatchLoader(token_files(res["encode"].out_dir, "train"), max_tokens=cfg.train.max_tokens,
                               pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, seed=cfg.seed)
     real, padded, seen, per_step = 0, 0, 0, {}
     epoch = 0
@@ -436,14 +436,14 @@ def prepare_tpipe(work: Path, args) -> dict:
     from data.loader import TokenBatchLoader
     from data.tokenizer import load_tokenizer
     from pipeline.runner import run_pipeline
-    from data.shards import token_shards
+    from data.shards import token_files
 
     os.environ["TPIPE_HOME"] = str(work / "home-prepare")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     cfg = tpipe_config(work / "split", work, args, "prepare", 0, [])
     res = run_pipeline(cfg, until_step="encode", quiet=True)["results"]
     tok = load_tokenizer(res["tokenizer"].out_dir)
-    loader = TokenBatchLoader(token_shards(res["encode"].out_dir, "train"), max_tokens=args.max_tokens,
+    loader = TokenBatchLoader(token_files(res["encode"].out_dir, "train"), max_tokens=args.max_tokens,
                               pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, seed=args.seed)
     real, padded, batches = 0, 0, 0
     for b in loader:

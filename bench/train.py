@@ -100,7 +100,7 @@ def tpipe_run(cfg, results, workers: int, steps: int, warmup: int, home: Path) -
     from mlflow import MlflowClient
 
     from data.tokenizer import load_tokenizer
-    from data.shards import token_shards
+    from data.shards import token_files
     from pipeline.train import run_training
 
     tok_dir = results["tokenizer"].out_dir
@@ -111,8 +111,8 @@ def tpipe_run(cfg, results, workers: int, steps: int, warmup: int, home: Path) -
     with mlflow.start_run(run_name=f"bench-{workers}w") as run:
         run_training(
             run_cfg, tokenizer_dir=tok_dir,
-            train_shards=token_shards(results["encode"].out_dir, "train"),
-            valid_shards=token_shards(results["encode"].out_dir, "valid"),
+            train_shards=token_files(results["encode"].out_dir, "train"),
+            valid_shards=token_files(results["encode"].out_dir, "valid"),
             bleu_sample=[], tracking_uri=mlflow.get_tracking_uri(), mlflow_run_id=run.info.run_id,
             storage_path=str(home / "bench_ray"), name=f"bench-{workers}w-{time.time_ns()}",
             out_dir=home / f"bench-{workers}w",
@@ -138,9 +138,9 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
     cfg, results = prepare(home, args.model, args.max_tokens)
-    from data.shards import token_shards
+    from data.shards import token_files
 
-    shards = token_shards(results["encode"].out_dir, "train")
+    shards = token_files(results["encode"].out_dir, "train")
 
     def plain() -> float:
         return plain_loop(cfg, results["tokenizer"].out_dir, shards, args.steps, args.warmup)

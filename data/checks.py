@@ -16,7 +16,8 @@ import os
 
 from data.config import DataConfig
 from data.io import DataError, check_filesystems, compression_of, is_remote, local_path, open_binary
-from data.sources import LINE_FORMATS, Unit, check_overlap, detect_format, moses_pairs, read_batches
+from data.sources import _read_catalog, check_parquet_schema, read_batches
+from data.units import LINE_FORMATS, Unit, all_moses, check_overlap, detect_format, moses_pairs
 
 HEAD_BYTES = 1 << 16  # how much of each file is read: enough for a few hundred lines
 MOSES_COUNT_BYTES = 64 << 20  # uncompressed Moses sides up to this size have their lines counted here
@@ -68,10 +69,8 @@ def _files(patterns: list[str], key: str, cfg: DataConfig) -> list[str]:
 
 
 def _looks_moses(patterns: list[str], cfg: DataConfig) -> bool:
-    from data.sources import _all_moses
-
     try:
-        return _all_moses(patterns, cfg)
+        return all_moses(patterns, cfg)
     except DataError:
         return False  # an undetectable suffix: reported per file below
 
@@ -146,8 +145,6 @@ def _check_parquet(path: str, key: str, cfg: DataConfig) -> None:
             schema = pq.ParquetFile(f).schema_arrow
     except (pa.ArrowInvalid, OSError, EOFError) as e:
         raise DataError(f"{key}: {path} is not a readable Parquet file ({e})") from None
-    from data.sources import check_parquet_schema
-
     check_parquet_schema(schema, path, cfg)
 
 
@@ -155,8 +152,6 @@ def _check_catalog(path: str, fmt: str, cfg: DataConfig) -> None:
     """Catalogs are small: parse the whole of one that is under a few MB."""
     if os.path.getsize(path) > (8 << 20):
         return
-    from data.sources import _read_catalog
-
     for _ in _read_catalog(path, fmt):
         pass
 

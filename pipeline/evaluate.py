@@ -167,7 +167,7 @@ def step_keys_of_version(name: str, version: int) -> dict[str, str]:
 
 def check_split(split: str) -> None:
     """`--split nosuch` -> one line listing the splits a pipeline writes."""
-    from data.prepare import SPLITS
+    from data.shards import SPLITS
 
     if split not in SPLITS:
         raise EvaluationError(f"--split {split!r}: no such split; the splits are {', '.join(SPLITS)}")

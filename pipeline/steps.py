@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data.shards import raw_shards, split_texts, token_shards
+from data.shards import raw_shards, split_texts, token_files
 from pipeline.workflow import Step, StepContext
 
 
@@ -40,7 +40,7 @@ def tokenizer(ctx: StepContext) -> dict[str, Any]:
 
 # ---- encode: token-id Parquet shards per split (Ray tasks) -----------------------------------
 def encode(ctx: StepContext) -> dict[str, Any]:
-    from data.prepare import encode_shards
+    from data.encode import encode_shards
 
     manifest = encode_shards(
         str(ctx.input_dir("prepare")),
@@ -69,7 +69,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
     # a worker's machine may not share this one's disk).
     model, metrics = train_model(
         cfg, tok, valid_pairs,
-        shards={split: token_shards(ctx.input_dir("encode"), split) for split in ("train", "valid")},
+        shards={split: token_files(ctx.input_dir("encode"), split) for split in ("train", "valid")},
         locations={split: _shard_locations(ctx, split) for split in ("train", "valid")},
         tokenizer_location=ctx.input_location("tokenizer"),
         storage_path=cfg.train.storage_path or _default_storage_path(ctx),
@@ -85,7 +85,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
 def _shard_locations(ctx: StepContext, split: str) -> list[str]:
     """A split's token shards as training workers open them (URIs when the artifact root is remote)."""
     encode_dir = ctx.input_dir("encode")
-    return [ctx.input_location("encode", Path(p).relative_to(encode_dir).as_posix()) for p in token_shards(encode_dir, split)]
+    return [ctx.input_location("encode", Path(p).relative_to(encode_dir).as_posix()) for p in token_files(encode_dir, split)]
 
 
 def _default_storage_path(ctx: StepContext) -> str:

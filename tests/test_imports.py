@@ -35,11 +35,6 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("model and data", {"data", "model"}),  # and every module under them
 ]
 
-# A circle another slice of issue 16 is removing (data/tokenizer: TrainingError moves beside the other
-# tokenizer errors). Listed so that this test guards everything else meanwhile; once it is gone the
-# test asks for the entry to be deleted.
-PENDING_CIRCLES = [["data.tokenizer.sp", "data.tokenizer.train"]]
-
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
     """{"pipeline.steps": .../pipeline/steps.py, "data.tokenizer": .../data/tokenizer/__init__.py, ...}"""
@@ -153,10 +148,7 @@ def test_imports_only_point_down(graph):
 
 def test_no_import_circles(graph):
     found = circles(graph)
-    new = [c for c in found if c not in PENDING_CIRCLES]
-    assert not new, "import circles:\n" + "\n".join(" <-> ".join(c) for c in new)
-    gone = [c for c in PENDING_CIRCLES if c not in found]
-    assert not gone, f"no longer circles, delete them from PENDING_CIRCLES: {gone}"
+    assert not found, "import circles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
 def test_the_checks_see_what_they_are_for(tmp_path):

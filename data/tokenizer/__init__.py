@@ -5,12 +5,15 @@
 """
 
 from data.tokenizer.config import TokenizerConfig
-from data.tokenizer.files import TokenizerFileError
-from data.tokenizer.tokenizer import BPETokenizer, Tokenizer
-from data.tokenizer.train import TrainingError, load_tokenizer, train_tokenizer
+from data.tokenizer.bpe_tokenizer import BPETokenizer
+from data.tokenizer.char_bpe import CharBPETokenizer
+from data.tokenizer.errors import TokenizerFileError, TrainingError
+from data.tokenizer.tokenizer import Tokenizer
+from data.tokenizer.train import load_tokenizer, train_tokenizer
 
 __all__ = [
     "BPETokenizer",
+    "CharBPETokenizer",
     "Tokenizer",
     "TokenizerConfig",
     "TokenizerFileError",

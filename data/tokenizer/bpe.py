@@ -1,10 +1,13 @@
 """The two halves of BPE on integer symbols: learning merges from word counts, and applying them.
 
-Learning (Sennrich et al. 2016, run the way Hugging Face `tokenizers` runs it):
+Learning (Sennrich et al. 2016, run the way Hugging Face `tokenizers` runs it) is specified by
+`textbook_merges` below, the whole algorithm in a dozen lines:
 
     words {(a, b, c): 5, (a, b): 2}  ->  pair counts {(a, b): 7, (b, c): 5}  ->  merge (a, b) into X
     words {(X, c): 5, (X,): 2}       ->  pair counts {(X, c): 5}             ->  merge (X, c) ...
 
+It recounts every pair after every merge. `learn_merges` (and its numba copy, _bpe_numba.py) gives
+the same merges incrementally; tests/data/tokenizer/test_tokenizer_merge_parity.py ties the three.
 The loop is incremental: a merge visits only the words that contain the pair (the pair -> words index),
 adjusts the counts of the neighbouring pairs, and pushes the pairs it created onto a heap. Heap entries
 are not updated in place; an entry whose count no longer matches the table is stale and is re-pushed
@@ -35,6 +38,52 @@ def count_pairs(ids: Iterable[int]) -> dict[tuple[int, int], int]:
     for p in zip(ids, ids[1:]):
         counts[p] = counts.get(p, 0) + 1
     return counts
+
+
+def merge_pair(ids: list[int], pair: tuple[int, int], new: int) -> list[int]:
+    """Every occurrence of `pair`, left to right, becomes `new`: [1, 2, 3, 1, 2], (1, 2), 9 -> [9, 3, 9]"""
+    out, j, n = [], 0, len(ids)
+    while j < n:
+        if j + 1 < n and ids[j] == pair[0] and ids[j + 1] == pair[1]:
+            out.append(new)
+            j += 2
+        else:
+            out.append(ids[j])
+            j += 1
+    return out
+
+
+def textbook_merges(words: list[list[int]], counts: list[int], tokens: list, vocab_size: int, min_frequency: int = 1):
+    """The specification of `learn_merges`: count adjacent pairs, merge the most frequent, repeat.
+
+        words [[0, 1, 2], [0, 1]], counts [5, 2], tokens [b'a', b'b', b'c']
+        pairs {(0, 1): 7, (1, 2): 5} -> merge (0, 1) into 3 = b'ab'  -> words [[3, 2], [3]]
+        pairs {(3, 2): 5}            -> merge (3, 2) into 4 = b'abc' -> words [[4], [4]]
+        -> merges [(0, 1), (3, 2)]; tokens gains b'ab' and b'abc'
+
+    Ties go to the smallest (left id, right id); a merge whose result is already a token reuses that
+    id. O(merges x corpus): for tests and for reading, never for training.
+    """
+    words = [list(w) for w in words]
+    token_id = {t: i for i, t in enumerate(tokens)}
+    merges: list[tuple[int, int]] = []
+    while len(tokens) < vocab_size:
+        pairs: dict[tuple[int, int], int] = {}
+        for w, c in zip(words, counts):
+            for p, k in count_pairs(w).items():
+                pairs[p] = pairs.get(p, 0) + k * c
+        if not pairs:
+            break
+        pair = min(pairs, key=lambda p: (-pairs[p], p))  # the most frequent, then the smallest
+        if pairs[pair] < min_frequency:
+            break
+        merged = tokens[pair[0]] + tokens[pair[1]]
+        if merged not in token_id:
+            token_id[merged] = len(tokens)
+            tokens.append(merged)
+        merges.append(pair)
+        words = [merge_pair(w, pair, token_id[merged]) for w in words]
+    return merges
 
 
 def merge_backend(choice: str, n_words: int) -> str:
@@ -268,13 +317,5 @@ def trace_merges(
         pair = min(pairs, key=ranks.__getitem__)
         new = results[pair]
         steps.append((ranks[pair], pair[0], pair[1], new))
-        out, j, n = [], 0, len(ids)
-        while j < n:
-            if j + 1 < n and (ids[j], ids[j + 1]) == pair:
-                out.append(new)
-                j += 2
-            else:
-                out.append(ids[j])
-                j += 1
-        ids = out
+        ids = merge_pair(ids, pair, new)
     return ids, steps

@@ -64,8 +64,7 @@ def _fail(msg: str) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from data.tokenizer import TokenizerConfig, train_tokenizer
-    from data.tokenizer.files import TokenizerFileError
-    from data.tokenizer.train import TrainingError
+    from data.tokenizer.errors import TokenizerFileError, TrainingError
 
     kwargs = dict(
         kind=args.kind,
@@ -128,7 +127,7 @@ def _load(directory: str):
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from data.tokenizer.files import TokenizerFileError
+    from data.tokenizer.errors import TokenizerFileError
 
     try:
         tok = _load(args.tokenizer)
@@ -149,7 +148,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from data.tokenizer.files import TokenizerFileError
+    from data.tokenizer.errors import TokenizerFileError
 
     try:
         tok = _load(args.tokenizer)
@@ -174,7 +173,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from data.tokenizer.files import TokenizerFileError
+    from data.tokenizer.errors import TokenizerFileError
 
     try:
         tok = _load(args.tokenizer)

@@ -11,11 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from data.errors import UserError
-
-
-class TokenizerFileError(UserError, ValueError):
-    """A tokenizer file is missing, truncated or edited by hand; the message names the file and line."""
+from data.tokenizer.errors import TokenizerFileError
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

@@ -13,9 +13,10 @@ import binascii
 from pathlib import Path
 
 from data.tokenizer.bpe import apply_merges
-from data.tokenizer.files import TokenizerFileError, read_text
+from data.tokenizer.errors import TokenizerFileError
+from data.tokenizer.files import read_text
 from data.tokenizer.pretokenize import pattern_text, to_byte_level
-from data.tokenizer.tokenizer import BPETokenizer
+from data.tokenizer.bpe_tokenizer import BPETokenizer
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -68,19 +69,9 @@ def from_tiktoken_ranks(ranks: dict[bytes, int], special_tokens: dict[str, int] 
         if special_tokens[s] != len(tokens):
             raise ValueError(f"special token {s!r} must follow the ranks directly (id {len(tokens)})")
         tokens.append(s)
-    return BPETokenizer("byte_bpe", tokens, merges, specials, pattern_text("gpt2"), 0, pattern_name="gpt2")
+    return BPETokenizer(tokens, merges, specials, pattern_text("gpt2"), 0, pattern_name="gpt2")
 
 
 def load_tiktoken_file(path: str | Path) -> BPETokenizer:
     """GPT-2 from `gpt2.tiktoken` (see ../shared/bench-data/get_gpt2_ranks.sh for where it comes from)."""
     return from_tiktoken_ranks(read_tiktoken_ranks(path))
-
-
-def save_gpt2_files(tok: BPETokenizer, out_dir: str | Path) -> Path:
-    """Only vocab.json + merges.txt, as GPT-2 ships them (load_tokenizer accepts such a directory)."""
-    from data.tokenizer.files import dumps_vocab, write_atomic
-
-    out = Path(out_dir)
-    write_atomic(out / "vocab.json", dumps_vocab(tok.tokens))
-    write_atomic(out / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tok.merges))
-    return out

@@ -27,8 +27,9 @@ from typing import Any
 
 from data.tokenizer.config import TokenizerConfig
 from data.tokenizer.counting import Chunk, CountStats, Reader, iter_texts, plan_chunks
-from data.tokenizer.files import TokenizerFileError, dumps_vocab, write_atomic
-from data.tokenizer.pretokenize import split_specials, text_to_bytes
+from data.tokenizer.errors import TokenizerFileError, TrainingError
+from data.tokenizer.files import dumps_vocab, write_atomic
+from data.tokenizer.pretokenize import text_to_bytes
 from data.tokenizer.tokenizer import FORMAT_VERSION, META_FILE, Tokenizer
 
 log = logging.getLogger("tpipe.tokenizer")
@@ -79,8 +80,6 @@ def draw_sample(inputs: list[str], reader: Reader, k: int, n_tasks: int) -> tupl
 
 def train_sentencepiece(cfg: TokenizerConfig, inputs: list[str], reader: Reader) -> SentencePieceTokenizer:
     import sentencepiece as spm
-
-    from data.tokenizer.train import TrainingError
 
     specials = list(cfg.special_tokens)
     if len(specials) < 4:
@@ -180,13 +179,7 @@ class SentencePieceTokenizer(Tokenizer):
         allowed = self._allowed(allowed_special)
         if not allowed:
             return self._encode_plain(text)
-        out: list[int] = []
-        for k, part in enumerate(split_specials(text, allowed)):
-            if k % 2:
-                out.append(self._special_ids[part])
-            elif part:
-                out.extend(self._encode_plain(part))
-        return out
+        return self._encode_around_specials(text, allowed, self._encode_plain)
 
     def _encode_plain(self, text: str) -> list[int]:
         if not text:

@@ -5,7 +5,8 @@
 
 Training: count pre-tokens (Ray tasks when Ray is initialised, summed in a tree), then learn merges in
 this process with the incremental loop of `bpe.learn_merges`. The merges depend only on the summed
-counts, so the number of tasks never changes the result.
+counts, so the number of tasks never changes the result. What differs between the BPE kinds (base
+symbols, checks, how the tokenizer is built) is the kind's class (BPE_KINDS); sentencepiece is sp.py.
 """
 
 from __future__ import annotations
@@ -14,28 +15,16 @@ import logging
 import time
 from pathlib import Path
 
-from data.errors import UserError
-from data.tokenizer.bpe import learn_merges, merge_backend
+from data.tokenizer.bpe import merge_backend
+from data.tokenizer.bpe_files import BPE_KINDS, load_bpe
 from data.tokenizer.config import TokenizerConfig
-from data.tokenizer.counting import Reader, count_pretokens
-from data.tokenizer.files import TokenizerFileError, read_json
-from data.tokenizer.pretokenize import byte_order, pattern_text
-from data.tokenizer.tokenizer import (
-    END_OF_WORD,
-    FORMAT_VERSION,
-    META_FILE,
-    BPETokenizer,
-    Tokenizer,
-    byte_bpe_from_merges,
-    derive_tokens,
-    load_bpe,
-)
+from data.tokenizer.counting import CountStats, Reader, count_pretokens
+from data.tokenizer.errors import TokenizerFileError, TrainingError
+from data.tokenizer.files import read_json
+from data.tokenizer.pretokenize import pattern_text
+from data.tokenizer.tokenizer import FORMAT_VERSION, META_FILE, Tokenizer
 
 log = logging.getLogger("tpipe.tokenizer")
-
-
-class TrainingError(UserError, ValueError):
-    """The corpus cannot give the tokenizer asked for (empty, or nothing to learn from)."""
 
 
 def train_tokenizer(
@@ -52,36 +41,18 @@ def train_tokenizer(
         from data.tokenizer.sp import train_sentencepiece
 
         return train_sentencepiece(cfg, inputs, reader)
-    if cfg.kind not in ("byte_bpe", "char_bpe"):
+    if cfg.kind not in BPE_KINDS:
         raise ValueError(f"tokenizer.kind: unknown kind {cfg.kind!r}; allowed: byte_bpe, char_bpe, sentencepiece")
-    byte = cfg.kind == "byte_bpe"
-    pattern_name = cfg.pattern if byte else "whitespace"
-    specials = list(cfg.special_tokens)
-    S = len(specials)
-    if byte and cfg.vocab_size < S + 256:
-        raise ValueError(
-            f"tokenizer.vocab_size {cfg.vocab_size} is smaller than {S} special tokens + 256 bytes = {S + 256}"
-        )
-    if not byte and S < 4:
-        raise ValueError("tokenizer.kind char_bpe needs an unknown token: tokenizer.special_tokens[3] (e.g. '<unk>')")
+    kind = BPE_KINDS[cfg.kind]
+    kind.check_config(cfg)
 
     t0 = time.perf_counter()
     counts, stats, n_tasks = count_pretokens(
-        inputs, pattern_text(pattern_name), tuple(specials), cfg.max_pretoken_chars, reader, cfg.num_workers
+        inputs, pattern_text(kind.pattern_name_of(cfg)), tuple(cfg.special_tokens), cfg.max_pretoken_chars, reader,
+        cfg.num_workers,
     )
     t_count = time.perf_counter() - t0
-    if not counts:
-        raise TrainingError(
-            f"tokenizer training inputs hold no text ({stats.texts} texts, {stats.bytes} bytes in "
-            f"{', '.join(inputs)}); nothing to learn from"
-        )
-    if stats.invalid_utf8_lines:
-        log.warning(
-            "%d lines of the tokenizer inputs are not valid UTF-8; their bytes were counted as raw bytes",
-            stats.invalid_utf8_lines,
-        )
-    if stats.long_pretokens_cut:
-        log.info("%d pre-tokens longer than %d characters were cut", stats.long_pretokens_cut, cfg.max_pretoken_chars)
+    _check_counts(counts, stats, inputs, cfg)
 
     # A fixed word order (sorted by bytes) keeps the whole run reproducible, though merges would not change.
     keys = sorted(counts)
@@ -91,36 +62,7 @@ def train_tokenizer(
     backend = merge_backend(cfg.merge_backend, n_words)
     log.info("merge loop: %s, %d distinct pre-tokens", backend, n_words)
     t1, c1 = time.perf_counter(), time.process_time()
-    if byte:
-        # Specials stay str so that no merged bytes can ever collide with them.
-        base: list = list(specials) + [bytes([b]) for b in byte_order()]
-        byte_id = {b: S + k for k, b in enumerate(byte_order())}
-        tokens = list(base)
-        if backend == "numba":
-            from data.tokenizer._bpe_numba import byte_words_to_arrays, learn_merges_arrays
-
-            syms, lens = byte_words_to_arrays(keys, byte_id)
-            del keys
-            merges_ids = learn_merges_arrays(syms, lens, word_counts, tokens, cfg.vocab_size, cfg.min_frequency)
-        else:
-            words = [[byte_id[x] for x in k] for k in keys]
-            del keys
-            merges_ids = learn_merges(words, word_counts, tokens, cfg.vocab_size, cfg.min_frequency)
-    else:
-        # Symbols are characters; the last one of a word carries </w> (Sennrich et al.'s "low</w>").
-        texts = [k.decode("utf-8", "surrogateescape") for k in keys]
-        del keys
-        alphabet = sorted({c for t in texts for c in t[:-1]} | {t[-1] + END_OF_WORD for t in texts})
-        if S + len(alphabet) > cfg.vocab_size:
-            raise ValueError(
-                f"tokenizer.vocab_size {cfg.vocab_size} is smaller than {S} special tokens + the corpus's "
-                f"{len(alphabet)} characters (with and without </w>); raise it or use kind byte_bpe"
-            )
-        base = list(specials) + alphabet
-        sym_id = {s: i for i, s in enumerate(base)}
-        words = [[sym_id[c] for c in t[:-1]] + [sym_id[t[-1] + END_OF_WORD]] for t in texts]
-        tokens = list(base)
-        merges_ids = learn_merges(words, word_counts, tokens, cfg.vocab_size, cfg.min_frequency, backend=backend)
+    base, tokens, merges_ids = kind.learn(keys, word_counts, cfg, backend)  # empties keys: memory
     t_merge, c_merge = time.perf_counter() - t1, time.process_time() - c1
     if len(tokens) < cfg.vocab_size:
         log.warning(
@@ -147,19 +89,23 @@ def train_tokenizer(
         "files": stats.files,
     }
     log.info("tokenizer trained: %s", train_stats)
-    if byte:
-        return byte_bpe_from_merges(merges_ids, tokens, specials, pattern_name, cfg.max_pretoken_chars, train_stats)
-    merges = [(tokens[a], tokens[b]) for a, b in merges_ids]
-    return BPETokenizer(
-        "char_bpe",
-        derive_tokens(base, merges),
-        merges,
-        specials,
-        pattern_text(pattern_name),
-        cfg.max_pretoken_chars,
-        pattern_name=pattern_name,
-        train_stats=train_stats,
-    )
+    return kind.from_trained(merges_ids, base, tokens, cfg, train_stats)
+
+
+def _check_counts(counts: dict, stats: CountStats, inputs: list[str], cfg: TokenizerConfig) -> None:
+    """Refuse an empty corpus; warn about invalid UTF-8 and say how many pre-tokens were cut."""
+    if not counts:
+        raise TrainingError(
+            f"tokenizer training inputs hold no text ({stats.texts} texts, {stats.bytes} bytes in "
+            f"{', '.join(inputs)}); nothing to learn from"
+        )
+    if stats.invalid_utf8_lines:
+        log.warning(
+            "%d lines of the tokenizer inputs are not valid UTF-8; their bytes were counted as raw bytes",
+            stats.invalid_utf8_lines,
+        )
+    if stats.long_pretokens_cut:
+        log.info("%d pre-tokens longer than %d characters were cut", stats.long_pretokens_cut, cfg.max_pretoken_chars)
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
@@ -184,7 +130,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             f"{meta_path}: format_version {meta['format_version']!r}; this tpipe reads version {FORMAT_VERSION}"
         )
     kind = meta["kind"]
-    if kind in ("byte_bpe", "char_bpe"):
+    if kind in BPE_KINDS:
         for key in ("pattern", "max_pretoken_chars"):
             if key not in meta:
                 raise TokenizerFileError(f"{meta_path}: key {key!r} is missing")

@@ -12,7 +12,7 @@ import torch
 
 from data.framing import pad_gather
 from data.loader import TokenBatchLoader, _cut_batches
-from data.prepare import TOKEN_SCHEMA
+from data.shards import TOKEN_SCHEMA
 
 PAD, BOS, EOS = 0, 1, 2
 

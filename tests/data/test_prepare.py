@@ -12,7 +12,10 @@ import pytest
 
 from data.config import DataConfig
 from data.io import DataError
-from data.prepare import REJECT_REASONS, encode_shards, prepare_raw_shards, split_of, token_files
+from data.cleaning import REJECT_REASONS, pair_key, splits_of
+from data.encode import encode_shards
+from data.prepare import prepare_raw_shards
+from data.shards import SPLITS, token_files
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -34,6 +37,12 @@ def _write_tsv(path, pairs) -> str:
         for s, t in pairs:
             f.write((s.encode() if isinstance(s, str) else s) + b"\t" + (t.encode() if isinstance(t, str) else t) + b"\n")
     return str(path)
+
+
+def split_of(src: str, tgt: str, valid_fraction: float, test_fraction: float) -> str:
+    """The split a (stripped) pair gets, whatever corpus it is in: split_of('one', '一', .02, .02) -> 'train'."""
+    key = np.frombuffer(pair_key(src.encode(), tgt.encode()), dtype="<u8").reshape(1, 2)
+    return SPLITS[int(splits_of(key, valid_fraction, test_fraction)[0])]
 
 
 def test_builtin_balances_and_is_deterministic(tmp_path, capsys):
@@ -274,8 +283,11 @@ def test_a_huge_line_keeps_the_length_histogram_small(tmp_path):
     last bin; the report's max stays exact. Plain functions, no Ray needed."""
     from dataclasses import asdict
 
-    from data.prepare import HIST_CHARS, _ingest_unit, _percentiles, _write_shard
-    from data.sources import plan_units
+    from data.dedup import write_shard as _write_shard
+    from data.ingest import ingest_unit as _ingest_unit
+    from data.report import HIST_CHARS
+    from data.report import percentiles as _percentiles
+    from data.units import plan_units
 
     path = _write_tsv(tmp_path / "c.tsv", [("hello", "hallo"), ("w " * 500_000, "x " * 500_000)])
     cfg = DataConfig(source="files", paths=[path], max_chars=10_000_000, n_shards=1, valid_fraction=0, test_fraction=0)
@@ -289,7 +301,7 @@ def test_a_huge_line_keeps_the_length_histogram_small(tmp_path):
 
 
 def test_split_by_keeps_each_group_in_one_split_for_tsv_jsonl_and_parquet(tmp_path):
-    from data.prepare import split_of_value
+    from data.cleaning import split_of_value
 
     groups = [f"pkg{g}" for g in range(30)]
     records = [(g, f"{g} message {i}", f"{g} Meldung {i}") for g in groups for i in range(6)]

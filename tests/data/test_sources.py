@@ -14,8 +14,9 @@ import zstandard
 from data.config import DataConfig
 from data.gettext import Entry, write_mo
 from data.io import DataError, expand_paths
-from data.prepare import REJECT_REASONS, clean_batch, clean_pair
-from data.sources import Unit, line_chunks, plan_units, read_batches, read_unit
+from data.cleaning import REJECT_REASONS, clean_batch
+from data.sources import read_batches
+from data.units import Unit, line_chunks, plan_units
 
 # Nasty but valid pairs: CJK, emoji, combining marks, quotes and backslashes, an inner tab for JSON.
 PAIRS = [
@@ -25,6 +26,19 @@ PAIRS = [
     ('say "hi" \\ bye', 'sag „hi" \\ tschüss'),
     ("cafe\u0301", "Café"),
 ]
+
+
+def read_unit(unit: Unit, cfg: DataConfig):
+    """Every record (line, src, tgt, known reason) of one unit, in file order, one at a time."""
+    for lines, srcs, tgts, known in read_batches(unit, cfg):
+        for i, (n, s, t) in enumerate(zip(lines.tolist(), srcs, tgts)):
+            yield n, s, t, None if known is None else known[i]
+
+
+def clean_pair(src: bytes | str, tgt: bytes | str, cfg: DataConfig) -> str | None:
+    """The reject reason of one pair, or None if it is kept: clean_pair('a', 'b' * 10, cfg) -> 'ratio'."""
+    codes, _, _ = clean_batch([src], [tgt], cfg)
+    return REJECT_REASONS[codes[0] - 1] if codes[0] else None
 
 
 def records(cfg: DataConfig) -> list[tuple[str, str]]:

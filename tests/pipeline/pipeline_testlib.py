@@ -3,8 +3,50 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRUBBED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS", "TPIPE_INJECT_KILL_WORKER")
+
+
+def tpipe_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `tpipe` process of its own: `home`, and none of this shell's tracking or Ray settings."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    env.update(TPIPE_HOME=str(home), PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0", **extra)
+    return env
+
+
+def tpipe(home: Path, *args: str, **popen) -> subprocess.Popen:
+    """Start `tpipe ARGS` in a session of its own (killpg reaches it and all it starts)."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=tpipe_env(home), text=True,
+                            start_new_session=True, **popen)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def processes_of(home: Path) -> list[int]:
+    """Pids of live processes whose environment has TPIPE_HOME=home: the driver and the Ray it started."""
+    needle = f"TPIPE_HOME={home}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0") and b"Z" not in (proc / "stat").read_bytes().split(b")")[-1][:3]:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
 
 
 @contextmanager
@@ -122,12 +164,8 @@ def kill_everything_of(home: Path) -> None:
     it started (GCS, raylet, workers), as if the machine running `tpipe run` had lost power."""
     import signal
 
-    needle = f"TPIPE_HOME={home}".encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
+    for pid in processes_of(home):
         try:
-            if needle in (proc / "environ").read_bytes().split(b"\0"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             continue

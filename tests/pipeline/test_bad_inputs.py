@@ -359,7 +359,7 @@ def test_user_error_in_the_workers_fails_once(ray_home, tmp_path):
     from data.tokenizer import load_tokenizer
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
-    from data.shards import token_shards
+    from data.shards import token_files
     from pipeline.train import TrainingInputError, run_training
 
     cfg = load_config("smoke", [*FILES[2:], _files(ray_home / "varied.tsv"), *LONG_PAIRS, "train.max_tokens=16"])
@@ -370,8 +370,8 @@ def test_user_error_in_the_workers_fails_once(ray_home, tmp_path):
     with pytest.raises(TrainingInputError, match=r"needs \d+ tokens .* max_tokens is 16"):
         run_training(
             cfg, tokenizer_dir=results["tokenizer"].out_dir,
-            train_shards=token_shards(results["encode"].out_dir, "train"),
-            valid_shards=token_shards(results["encode"].out_dir, "valid"),
+            train_shards=token_files(results["encode"].out_dir, "train"),
+            valid_shards=token_files(results["encode"].out_dir, "valid"),
             bleu_sample=[], tracking_uri="unused", mlflow_run_id="unused", storage_path=str(tmp_path / "ray"),
             name="user-error", out_dir=tmp_path / "out",
         )

@@ -7,17 +7,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from pipeline_testlib import fresh_ray, kill_everything_of, tpipe_home
+from pipeline_testlib import (
+    REPO,
+    fresh_ray,
+    kill_everything_of,
+    processes_of,
+    tpipe,
+    tpipe_env,
+    tpipe_home,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -168,40 +177,112 @@ def test_killed_worker_resumes_exactly(first_run, tmp_path, monkeypatch):
     assert out["results"]["train"].summary["metrics"]["step"] == 30
 
 
-def _run_until(home: Path, pattern: str | None = None, checkpoint: bool = False, timeout: float = 600) -> str:
-    """Start `tpipe run smoke` in its own home and kill it (and its Ray) as soon as `pattern` is
-    printed, or as soon as a training checkpoint with Lightning state exists on disk."""
-    import re
-    import threading
-
-    env = {**os.environ, "TPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    for k in ("TPIPE_INJECT_KILL_WORKER", "MLFLOW_TRACKING_URI"):
-        env.pop(k, None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "smoke"], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
-    reader.start()
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if pattern is not None and any(re.search(pattern, line) for line in list(seen)):
-            break
-        # the step-15 checkpoint, once Ray Train has recorded it in its run snapshot (what a re-run
-        # restores from); the kill lands a few steps later, before step 30
-        if checkpoint and any("checkpoint_" in p.read_text(errors="replace")
-                              for p in home.glob("ray_results/train-*/checkpoint_manager_snapshot.json")):
-            break
-        time.sleep(0.02)
-    kill_everything_of(home)
-    proc.wait(timeout=60)
-    reader.join(timeout=10)
-    return "".join(seen)
+# ---- one home, four runs at once, a SIGKILL in encode, a Ctrl-C in training, re-runs -------
+# Run once, in a home of its own, against the module's uninterrupted first run:
+#   R1  four `tpipe run smoke` at once in an empty home: three are refused; the winner (driver and
+#       its local Ray) is SIGKILLed as encoding starts, as if its machine lost power;
+#   R2  a re-run takes the dead run's lock over, reuses prepare and tokenizer, and gets Ctrl-C once
+#       training has written a checkpoint;
+#   R3  a re-run continues training from that checkpoint and ends identical to the first run;
+#   R4  one more run reuses everything.
 
 
-def test_driver_killed_during_encode_and_train_continues_identically(first_run, tmp_path):
-    """Kill `tpipe run` (driver and its local Ray) as encoding starts, then mid-training; re-run.
+def _output(logs: Path, name: str) -> tuple[str, str]:
+    return (logs / f"{name}.out").read_text(), (logs / f"{name}.err").read_text()
+
+
+def _started(home: Path, logs: Path, name: str) -> subprocess.Popen:
+    return tpipe(home, "run", "smoke", stdout=open(logs / f"{name}.out", "w"), stderr=open(logs / f"{name}.err", "w"))
+
+
+@pytest.fixture(scope="module")
+def race(tmp_path_factory):
+    """R1 and R2."""
+    home, logs = tmp_path_factory.mktemp("race"), tmp_path_factory.mktemp("race-logs")
+    procs = [_started(home, logs, str(i)) for i in range(4)]
+    snapshots = lambda: list(home.glob("ray_results/train-*/checkpoint_manager_snapshot.json"))  # noqa: E731
+    try:
+        # the three that lose exit on their own, in seconds; the winner is killed as encoding starts
+        wait_for(lambda: sum(p.poll() is not None for p in procs) >= 3, 300, "three runs to be refused")
+        (winner,) = [p for p in procs if p.poll() is None]
+        name = str(procs.index(winner))
+        wait_for(lambda: "▶ encode" in "".join(_output(logs, name)) or winner.poll() is not None, 600, "encode to start")
+        kill_everything_of(home)
+        winner.wait(timeout=60)
+        killed_in_encode = "".join(_output(logs, name))
+
+        second = _started(home, logs, "second")
+        wait_for(lambda: any("checkpoint_" in p.read_text(errors="replace") for p in snapshots())
+                 or second.poll() is not None, 600, "a training checkpoint")
+        assert second.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(second.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground process group
+        t0 = time.monotonic()
+        second.wait(timeout=120)
+        exit_seconds = time.monotonic() - t0
+        checkpoints_at_exit = sorted(str(p) for p in home.glob("ray_results/train-*/checkpoint_*"))
+        finished = list((home / "artifacts" / "train").glob("*/_COMPLETE.json"))
+        time.sleep(3)
+        yield {
+            "home": home, "procs": procs, "winner": winner, "killed_in_encode": killed_in_encode,
+            "second": second, "exit_seconds": exit_seconds, "left": processes_of(home), "finished": finished,
+            "checkpoints_at_exit": checkpoints_at_exit,
+            "checkpoints_later": sorted(str(p) for p in home.glob("ray_results/train-*/checkpoint_*")),
+            "out": [_output(logs, str(i))[0] for i in range(4)], "err": [_output(logs, str(i))[1] for i in range(4)],
+            "second_out": _output(logs, "second"),
+        }
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        kill_everything_of(home)
+
+
+@pytest.fixture(scope="module")
+def resumed(race):
+    """R3: the re-run that finishes the interrupted pipeline."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "smoke", "--json"], cwd=REPO,
+                          env=tpipe_env(race["home"]), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def test_four_runs_at_once_one_works_the_others_are_refused_naming_it(race):
+    for i, p in enumerate(race["procs"]):
+        if p is race["winner"]:
+            continue
+        lines = race["err"][i].strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, race["err"][i][-2000:]
+        assert lines[0].startswith(f"tpipe: another run is working in {race['home']}: pid {race['winner'].pid}, started ")
+        assert "tpipe run smoke" in lines[0]
+        assert "▶" not in race["out"][i]  # refused before any step
+
+
+def test_ctrl_c_in_training_stops_the_run_and_its_workers_and_says_how_to_resume(race):
+    out, err = race["second_out"]
+    assert race["second"].returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "tpipe: run interrupted (SIGINT) during step train; finished steps are kept, training continues from its "
+        "last checkpoint: resume with `tpipe run smoke`")
+    # tpipe's own traceback, that is (lines Ray forwards from its actors carry a "(Name pid=N)" prefix)
+    assert not any(line.startswith("Traceback") for line in err.splitlines()), err[-3000:]
+    assert race["exit_seconds"] < 60, race["exit_seconds"]
+    assert race["left"] == [], f"processes of the run still alive after it exited: {race['left']}"
+    assert race["checkpoints_later"] == race["checkpoints_at_exit"]  # nothing kept checkpointing
+
+    status = subprocess.run([sys.executable, "-m", "pipeline.cli", "status"], cwd=REPO, env=tpipe_env(race["home"]),
+                            capture_output=True, text=True, timeout=120)
+    rows = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[2:]}
+    assert rows == {"prepare": "done", "tokenizer": "done", "encode": "done", "train": "interrupted"}, status.stdout
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{race['home']}/mlflow.db")
+    train = client.search_runs(client.get_experiment_by_name("tpipe").experiment_id, "tags.`tpipe.step` = 'train'")
+    assert [r.info.status for r in train] == ["KILLED"]
+
+
+def test_driver_killed_during_encode_and_train_continues_identically(first_run, race, resumed):
+    """The run SIGKILLed as encoding started, then the one interrupted in training; the re-run.
 
     Completed steps are not redone, training resumes from its checkpoint, and the tokenizer,
     token shards and final weights are identical to the uninterrupted run's.
@@ -209,38 +290,40 @@ def test_driver_killed_during_encode_and_train_continues_identically(first_run, 
     import torch
     from safetensors.torch import load_file
 
-    home = tmp_path / "home"
-    out1 = _run_until(home, r"▶ encode")
-    assert "✓ tokenizer" in out1
-    out2 = _run_until(home, checkpoint=True)
-    assert "reused" in out2 and "▶ prepare" not in out2 and "▶ tokenizer" not in out2
-    assert not list((home / "artifacts" / "train").glob("*/_COMPLETE.json")), "killed too late: training had finished"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "smoke", "--json"], cwd=REPO,
-        env={**env, "TPIPE_HOME": str(home), "PYTHONUNBUFFERED": "1"},
-        capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "resuming from" in proc.stdout + proc.stderr
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "✓ tokenizer" in race["killed_in_encode"]
+    second = "".join(race["second_out"])
+    assert "reused" in second and "▶ prepare" not in second and "▶ tokenizer" not in second
+    assert not race["finished"], "interrupted too late: training had finished"
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     ran = [n for n, s in summary["steps"].items() if not s["cached"]]
     assert ran == ["train", "register", "evaluate"], ran
     ref = first_run["results"]
     for step in ("prepare", "tokenizer", "encode", "train"):
         assert summary["steps"][step]["key"] == ref[step].key
-    art = home / "artifacts"
+    art = race["home"] / "artifacts"
     for f in ("merges.txt", "vocab.json"):
         assert (art / "tokenizer" / ref["tokenizer"].key / f).read_bytes() == (ref["tokenizer"].out_dir / f).read_bytes()
     manifest = lambda d: {s: [x["sha256"] for x in v] for s, v in json.loads((d / "_manifest.json").read_text())["splits"].items()}  # noqa: E731
     assert manifest(art / "encode" / ref["encode"].key) == manifest(ref["encode"].out_dir)
-    resumed = load_file(str(art / "train" / ref["train"].key / "package" / "model.safetensors"))
+    resumed_weights = load_file(str(art / "train" / ref["train"].key / "package" / "model.safetensors"))
     reference = load_file(str(ref["train"].out_dir / "package" / "model.safetensors"))
     # bit-identical, every tensor: the model, optimizer, schedule and loader position come from the
     # checkpoint, and dropout is seeded per batch (pipeline/train.py, TrainingState)
-    differing = {name: float((resumed[name] - value).abs().max()) for name, value in reference.items()
-                 if not torch.equal(resumed[name], value)}
+    differing = {name: float((resumed_weights[name] - value).abs().max()) for name, value in reference.items()
+                 if not torch.equal(resumed_weights[name], value)}
     assert not differing, f"{len(differing)} tensors differ after a driver restart: {differing}"
+
+
+def test_a_rerun_continues_then_one_more_reuses_everything_and_the_store_is_sound(race, resumed):
+    import sqlite3
+
+    last = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "smoke", "--json"], cwd=REPO,
+                          env=tpipe_env(race["home"]), capture_output=True, text=True, timeout=600)
+    assert last.returncode == 0, (last.stdout + last.stderr)[-4000:]
+    assert all(s["cached"] for s in json.loads(last.stdout.strip().splitlines()[-1])["steps"].values())
+    with sqlite3.connect(race["home"] / "mlflow.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 def test_mlflow_models_serve_over_http(first_run, tmp_path):

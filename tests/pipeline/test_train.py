@@ -48,7 +48,7 @@ def _token_shard(path, rows: list[tuple[int, int]]) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from data.prepare import TOKEN_SCHEMA
+    from data.shards import TOKEN_SCHEMA
 
     src, tgt = [[5] * s for s, _ in rows], [[6] * t for _, t in rows]
     pq.write_table(pa.table([pa.array(src, pa.list_(pa.int32())), pa.array(tgt, pa.list_(pa.int32())),

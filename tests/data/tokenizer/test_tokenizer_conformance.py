@@ -67,9 +67,21 @@ def test_merges_equal_hf_trainer(tmp_path, vocab_size, min_frequency, make_text)
     assert vocab == {t: i for i, t in enumerate(ours.tokens)}
 
 
+def save_gpt2_files(tok, out_dir):
+    """Only vocab.json + merges.txt, as GPT-2 ships them (load_tokenizer accepts such a directory)."""
+    from pathlib import Path
+
+    from data.tokenizer.files import dumps_vocab, write_atomic
+
+    out = Path(out_dir)
+    write_atomic(out / "vocab.json", dumps_vocab(tok.tokens))
+    write_atomic(out / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in tok.merges))
+    return out
+
+
 def test_gpt2_ranks_match_tiktoken(gpt2_ranks_file, tmp_path, one_mb_text):
     tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (a dev dependency) is not installed")
-    from data.tokenizer.gpt2 import ENDOFTEXT, load_tiktoken_file, read_tiktoken_ranks, save_gpt2_files
+    from data.tokenizer.gpt2 import ENDOFTEXT, load_tiktoken_file, read_tiktoken_ranks
     from data.tokenizer.pretokenize import GPT2_PATTERN
 
     ranks = read_tiktoken_ranks(gpt2_ranks_file)

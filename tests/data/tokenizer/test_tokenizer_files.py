@@ -27,7 +27,7 @@ def test_save_load_round_trip(small_tok, tmp_path):
 
 
 def test_fingerprint_changes_with_specials_pattern_and_merges(small_tok):
-    from data.tokenizer.tokenizer import bpe_fingerprint
+    from data.tokenizer.bpe_tokenizer import bpe_fingerprint
 
     fp = small_tok.fingerprint
     args = (small_tok.kind, small_tok.merges, small_tok.special_tokens, small_tok.pattern, small_tok.max_pretoken_chars)
