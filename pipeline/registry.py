@@ -11,14 +11,18 @@ from data.io import redact_uri
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
+TRAIN_RUN_TAG = "tpipe.train_run_id"  # the MLflow run of the training a version was registered from
 _PKG_ROOT = Path(pipeline.__file__).resolve().parent.parent
 
 
-def log_and_register(package_dir: Path, model_name: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
+def log_and_register(package_dir: Path, model_name: str, tags: dict[str, str] | None = None,
+                     train_run_id: str | None = None) -> dict[str, Any]:
     """Log `package_dir` as a pyfunc model in the active run and register it; alias `candidate`.
 
-    Idempotent per training run: if an interrupted attempt already registered a version from the
-    active run, that version is completed (tags, alias) instead of registering a second one.
+    Idempotent per training run: if an interrupted attempt already registered a version of the
+    same training (tag tpipe.train_run_id; without one, of the active run), that version is
+    completed (tags, alias) instead of registering a second one. The training's own run is never
+    reopened: a later registration must not change its status or end time.
     Returns {"version", "model_uri", "run_id"}.
     """
     import warnings
@@ -29,17 +33,21 @@ def log_and_register(package_dir: Path, model_name: str, tags: dict[str, str] | 
     client = MlflowClient()
     run_id = mlflow.active_run().info.run_id
     card = _model_card(package_dir)
-    existing = [mv for mv in client.search_model_versions(f"name = '{model_name}'") if mv.run_id == run_id]
+    tags = dict(tags or {})
+    if train_run_id:
+        tags[TRAIN_RUN_TAG] = train_run_id
+    same = (lambda mv: mv.tags.get(TRAIN_RUN_TAG) == train_run_id) if train_run_id else (lambda mv: mv.run_id == run_id)
+    existing = [mv for mv in client.search_model_versions(f"name = '{model_name}'") if same(mv)]
     if existing:
         mv = max(existing, key=lambda m: int(m.version))
-        for k, v in (tags or {}).items():
+        for k, v in tags.items():
             client.set_model_version_tag(model_name, mv.version, k, v)
     else:
         with warnings.catch_warnings():
             # The signature is explicit (no type hints, no input example needed): silence MLflow's advice.
             warnings.filterwarnings("ignore", message=".*(type hints|input example).*")
             info = _log_pyfunc(package_dir, decoding_signature(), name=logged_model_name(model_name, tags or {}))
-        mv = mlflow.register_model(info.model_uri, model_name, tags=tags or {})
+        mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
     if card:
         # The model card is what the registry's pages show for the model and for this version.
         client.update_model_version(model_name, mv.version, description=card)
@@ -170,6 +178,11 @@ def resolve_model_uri(model_uri: str) -> tuple[str, int]:
         name, _, version = rest.rpartition("/")
         if not name or not version.isdigit():
             raise ModelNotFound(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    store = mlflow.get_tracking_uri()
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).exists():
+        # Contacting a sqlite store creates it: a lookup must not leave an empty mlflow.db behind.
+        raise ModelNotFound(f"{model_uri}: no MLflow store at {store.removeprefix('sqlite:///')} (no model was "
+                            "registered in this TPIPE_HOME); set TPIPE_HOME or MLFLOW_TRACKING_URI to where it was")
     client = MlflowClient()
     try:
         model = client.get_registered_model(name)

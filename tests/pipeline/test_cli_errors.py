@@ -65,6 +65,8 @@ def test_user_error_is_one_line(case, tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(lines) == 1, proc.stderr[-3000:]
     assert named in lines[0], lines[0]
+    if case.endswith("unknown model"):  # a lookup in an empty home leaves no empty store behind
+        assert not list(tmp_path.rglob("mlflow.db")), "looking a model up created an MLflow store"
 
 
 def test_debug_shows_the_traceback(tmp_path):
