@@ -113,10 +113,11 @@ def register(ctx: StepContext) -> dict[str, Any]:
                      ctx.run.version, {name: r.key for name, r in ctx.inputs.items()})
     write_json(package / "lineage.json", record)
     (package / "README.md").write_text(model_card(cfg, record, train_summary), encoding="utf-8")
-    with mlflow.start_run(run_id=train_summary["mlflow_run_id"], nested=True):
-        info = log_and_register(package, cfg.registry.model_name, tags=version_tags(cfg, record))
-        mlflow.log_dict(record, "lineage.json")
-        log_held_out_splits(ctx.input_dir("prepare"))
+    # Logged in this step's own run: reopening the training's run would change its end time.
+    info = log_and_register(package, cfg.registry.model_name, tags=version_tags(cfg, record),
+                            train_run_id=train_summary["mlflow_run_id"])
+    mlflow.log_dict(record, "lineage.json")
+    log_held_out_splits(ctx.input_dir("prepare"))
     return info | {"model_name": cfg.registry.model_name}
 
 

@@ -483,8 +483,9 @@ def _tpipe(home: Path, *args: str, timeout: int = 600) -> subprocess.CompletedPr
 
 
 def test_new_users_journey_never_rewrites_history(first_run, home, tmp_path):
-    """What a new user did: smoke run, re-run, a typo, an evaluation on a 2-line file with
-    --compare @champion --promote champion, a translation. Every earlier run keeps its status,
+    """What a new user did: smoke run, re-run, a typo, a re-run from register, an evaluation on a
+    2-line file with --compare @champion --promote champion, a translation. Every earlier run (the
+    training's too, which registration must not reopen) keeps its status, end time,
     tags and metrics, every version its tags, and @champion moves only on a same-data comparison."""
     client = _use_store(first_run["summary"]["tracking_uri"])
     before = _history(client)
@@ -498,6 +499,12 @@ def test_new_users_journey_never_rewrites_history(first_run, home, tmp_path):
     typo = _tpipe(home, "run", "smoke", "--from", "trian")
     assert typo.returncode == 2 and typo.stderr.startswith("tpipe: unknown step 'trian' for --from")
     assert len(typo.stderr.strip().splitlines()) == 1 and "Traceback" not in typo.stderr
+
+    again = _tpipe(home, "run", "smoke", "--from", "register", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    steps = json.loads(again.stdout.strip().splitlines()[-1])["steps"]
+    assert [n for n, s in steps.items() if not s["cached"]] == ["register", "evaluate"]
+    assert len(client.search_model_versions("name = 'tpipe-smoke'")) == 1  # the same training: no second version
 
     # v2: the same weights registered again, so any score difference can only come from the data
     v1 = client.get_model_version("tpipe-smoke", "1")
