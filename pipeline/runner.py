@@ -17,8 +17,8 @@ from typing import Any
 
 from data.checks import check_inputs
 from data.errors import UserError
-from data.io import redact_text, redact_uri
-from pipeline.artifacts import RemoteRoot, is_remote
+from data.io import is_remote, redact_text, redact_uri, write_atomic, write_json_atomic
+from pipeline.artifacts import RemoteRoot
 from pipeline.config import PipelineConfig
 from pipeline.home import Home, describe_holder
 from pipeline.output import LOG_FILE, say_on_terminal, stderr_to_file
@@ -232,7 +232,6 @@ def _run_pipeline(
     from pipeline.tracking import (
         check_tracking_server, credentials_to_env, log_artifact_file, log_dict_params, setup_mlflow,
     )
-    from pipeline.translate import write_json
 
     printer = _Printer(quiet)
     home = Home.resolve()
@@ -294,7 +293,7 @@ def _run_pipeline(
         if parent_run_id is not None:  # e.g. the sweep's run: this pipeline run becomes its child
             redirect.enter_context(mlflow.start_run(run_id=parent_run_id))
         with mlflow.start_run(run_name=parent_run_name(cfg.run_name, run_key), nested=parent_run_id is not None) as parent:
-            write_text_atomic(parent_file, parent.info.run_id)  # the latest parent, for `tpipe status`
+            write_atomic(parent_file, parent.info.run_id)  # the latest parent, for `tpipe status`
             log_dict_params(cfg.to_dict())
             mlflow.set_tags({"tpipe.pipeline_run": run_dir.name, "tpipe.code_version": version,
                              "tpipe.config_hash": run_key})
@@ -326,7 +325,7 @@ def _run_pipeline(
     }
     if "evaluate" in results:
         summary["evaluation"] = results["evaluate"].summary
-    write_json(run_dir / "summary.json", summary)
+    write_json_atomic(run_dir / "summary.json", summary, sort_keys=True)
     printer.summary(summary, home)
     return {"run_dir": run_dir, "results": results, "summary": summary}
 
@@ -368,12 +367,6 @@ def parent_metrics(results: dict[str, Any], wall_seconds: float) -> dict[str, fl
         candidate = results["evaluate"].summary["candidate"]
         metrics |= {f"test/{k}": float(candidate[k]) for k in ("bleu", "chrf", "ter", "exact_match") if k in candidate}
     return metrics
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from data.io import write_json_atomic
 from pipeline.config import ConfigError, PipelineConfig, load_config
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid")
@@ -190,9 +191,7 @@ class SweepState:
     data_keys: dict[str, dict[str, str]] = field(default_factory=dict)  # data fingerprint -> step keys
 
     def save(self, folder: Path) -> None:
-        from pipeline.translate import write_json
-
-        write_json(folder / "sweep.json", self.__dict__)
+        write_json_atomic(folder / "sweep.json", self.__dict__, sort_keys=True)
 
     @classmethod
     def load(cls, folder: Path) -> SweepState | None:
