@@ -27,7 +27,7 @@ from data.errors import UserError
 
 # Test hook: "BATCH:MARKER" makes the actor handed plan batch BATCH SIGKILL itself, once (while
 # MARKER does not exist; the actor creates it).
-INJECT_KILL_ENV = "TPIPE_INJECT_KILL_TRANSLATE_ACTOR"
+from data.faults import TRANSLATE_ACTOR_KILL as INJECT_KILL_ENV, translate_actor_kill  # noqa: F401 (tests import the name from here)
 
 
 class TranslateError(UserError, ValueError):
@@ -309,8 +309,7 @@ def translate_plan(
         {"batch": b, "lines": idx, "lengths": [len(ids[i]) for i in idx], "ids": [t for i in idx for t in ids[i]]}
         for b, idx in reversed(list(enumerate(plan.batches)))
     ]
-    inject = os.environ.get(INJECT_KILL_ENV)  # "BATCH:MARKER_FILE", for fault-tolerance tests
-    inject_kill = [int(inject.split(":", 1)[0]), inject.split(":", 1)[1]] if inject else None
+    inject_kill = translate_actor_kill()  # for fault-tolerance tests
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
+from data.faults import worker_kill
 from pipeline.config import PipelineConfig, config_from_dict
 
 FINAL_WEIGHTS = "model.safetensors"
@@ -490,11 +491,7 @@ def run_training(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     tcfg = cfg.train
-    inject = os.environ.get("TPIPE_INJECT_KILL_WORKER")  # "RANK:STEP", for fault-tolerance tests
-    inject_kill = None
-    if inject:
-        rank, step = (int(x) for x in inject.split(":"))
-        inject_kill = [rank, step, os.path.join(str(storage_path), name, ".injected-kill")]
+    inject_kill = worker_kill(os.path.join(str(storage_path), name))  # for fault-tolerance tests
     trainer = TorchTrainer(
         train_func,
         train_loop_config={
