@@ -46,11 +46,6 @@ class Home:
         return self.root / "runs"
 
     @property
-    def ray_results(self) -> Path:
-        """Ray Train's storage_path when none is configured."""
-        return self.root / "ray_results"
-
-    @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 

@@ -400,6 +400,8 @@ def run_sweep(
 def _tune(base, configs, state, folder, artifacts, tracking_uri, rows, say):
     from ray import tune
 
+    from pipeline.workflow import ray_storage
+
     plan = {
         "configs": [c.to_dict() for c in configs], "trial_run_ids": state.trial_run_ids, "folder": str(folder),
         "artifacts": str(artifacts), "tracking_uri": tracking_uri,
@@ -407,7 +409,7 @@ def _tune(base, configs, state, folder, artifacts, tracking_uri, rows, say):
     # The trial function only drives its Ray Train run (whose workers hold the CPUs): no CPU of its
     # own (a CPU each would leave no room for the workers). Tune wants some resource: a token of memory.
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": 0, "memory": 1 << 20})
-    storage = str(Path(artifacts).parent / "ray_results")
+    storage = ray_storage(Path(artifacts), None)
     path = f"{storage}/{state.name}"
     table = _LiveTable(rows, say)
     run_config = tune.RunConfig(

@@ -269,6 +269,12 @@ def remove_dead_attempts(step_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def ray_storage(artifacts: Path, remote: RemoteRoot | None) -> str:
+    """Ray Train's and Tune's storage when train.storage_path is empty: `ray_results` beside the
+    artifact root, on it when it is remote (every node reaches it)."""
+    return remote.uri_of("ray_results") if remote is not None else str(artifacts.parent / "ray_results")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
