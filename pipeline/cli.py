@@ -121,15 +121,11 @@ def cmd_status(args) -> int:
 
 def _setup_tracking() -> str:
     """Point MLflow (tracking and registry) at the configured store; returns its URI."""
-    import mlflow
-
     from pipeline.home import Home
-
-    from pipeline.tracking import credentials_to_env
+    from pipeline.tracking import credentials_to_env, setup_mlflow
 
     uri = credentials_to_env(Home.resolve().tracking_uri())  # MLflow prints run URLs: never with a password
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    setup_mlflow(uri)
     return uri
 
 

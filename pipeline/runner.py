@@ -255,7 +255,6 @@ def _run_pipeline(
     # local Ray's workers in MLFLOW_TRACKING_USERNAME/PASSWORD, a cluster holds its own.)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     setup_mlflow(tracking_uri, cfg.mlflow.experiment, home)
-    mlflow.set_experiment(cfg.mlflow.experiment)
 
     t0 = time.perf_counter()
     printer.line(f"mlflow: {tracking_uri}")

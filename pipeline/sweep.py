@@ -226,18 +226,15 @@ def run_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     the run of an interrupted attempt), so params and curves land in the trial's run. Ray Train
     reports each validation to Tune (pipeline/train.py adds Tune's callback inside a trial).
     """
-    import mlflow
-
     from pipeline.config import config_from_dict
     from pipeline.runner import mlflow_step_run
     from pipeline.steps import STEPS
+    from pipeline.tracking import setup_mlflow
     from pipeline.workflow import PipelineRun
 
     i = config["trial"]
     cfg = config_from_dict(plan["configs"][i])
-    mlflow.set_tracking_uri(plan["tracking_uri"])
-    mlflow.set_registry_uri(plan["tracking_uri"])
-    mlflow.set_experiment(cfg.mlflow.experiment)
+    setup_mlflow(plan["tracking_uri"], cfg.mlflow.experiment)
 
     def scope(step, key, state_dir):
         id_file = state_dir / "mlflow_run_id"
@@ -324,18 +321,17 @@ def run_sweep(
     say = (lambda *a: None) if quiet else (lambda text: print(text, flush=True))
     say(f"sweep {name}: {len(configs)} trials over {', '.join(d.key for d in dims)}  ({folder})")
 
-    setup_mlflow(tracking_uri, base.mlflow.experiment, home)
-    exp = mlflow.set_experiment(base.mlflow.experiment)
+    experiment_id = setup_mlflow(tracking_uri, base.mlflow.experiment, home)
     client = MlflowClient()
     if not state.parent_run_id:
-        parent = client.create_run(exp.experiment_id, run_name=name, tags={"tpipe.sweep": name})
+        parent = client.create_run(experiment_id, run_name=name, tags={"tpipe.sweep": name})
         state.parent_run_id = parent.info.run_id
         with mlflow.start_run(run_id=state.parent_run_id):
             log_dict_params(base.to_dict())
             mlflow.log_dict({"space": [d.__dict__ for d in dims], "trials": state.trials}, "sweep/space.json")
     if not state.trial_run_ids:
         for i, t in enumerate(state.trials):
-            run = client.create_run(exp.experiment_id, run_name=f"{name}-trial-{i:03d}", tags={
+            run = client.create_run(experiment_id, run_name=f"{name}-trial-{i:03d}", tags={
                 "mlflow.parentRunId": state.parent_run_id, "tpipe.sweep": name, "tpipe.sweep.trial": str(i)})
             for k, v in t.items():
                 client.log_param(run.info.run_id, f"sweep.{k}", v)
