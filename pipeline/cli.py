@@ -48,7 +48,8 @@ def _load(args) -> PipelineConfig:
 
 def cmd_run(args) -> int:
     cfg = _load(args)  # validated before Ray or MLflow start
-    from pipeline.runner import RunInterrupted, run_pipeline
+    from pipeline.interrupts import RunInterrupted
+    from pipeline.runner import run_pipeline
 
     try:
         out = run_pipeline(cfg, from_step=args.from_step, until_step=args.until_step, address=args.address,
@@ -166,7 +167,7 @@ def _translate_corpus(args) -> int:
     from pipeline.batch_translate import (
         TranslateError, check_output, plan_translation, read_corpus, translate_plan, write_translations,
     )
-    from pipeline.runner import connect_ray
+    from pipeline.ray_connect import connect_ray
 
     # Everything a user can get wrong is checked before Ray starts: output, input, model URI.
     check_output(args.output)
@@ -248,7 +249,7 @@ def cmd_evaluate(args) -> int:
         translate = None
         if large:  # on Ray Data, every CPU of the cluster: pipeline/batch_translate.py
             from pipeline.batch_translate import plan_translation, translate_plan
-            from pipeline.runner import connect_ray
+            from pipeline.ray_connect import connect_ray
 
             plan = plan_translation(uri, sources, tracking_uri, params)
             ray_started |= connect_ray(None, None)

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from data.io import write_json_atomic
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.config import ConfigError, PipelineConfig
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid")
 DATA_STEPS = ("prepare", "tokenizer", "encode")
@@ -297,7 +297,8 @@ def run_sweep(
     from mlflow import MlflowClient
 
     from pipeline.home import Home
-    from pipeline.runner import artifact_root, connect_ray, mlflow_step_run, run_pipeline
+    from pipeline.ray_connect import connect_ray
+    from pipeline.runner import artifact_root, mlflow_step_run, run_pipeline
     from pipeline.steps import STEPS
     from pipeline.tracking import check_tracking_server, log_dict_params, setup_mlflow
     from pipeline.workflow import PipelineRun
