@@ -71,7 +71,7 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     cfg = _load(args)  # the base config and the whole space are checked before Ray or MLflow start
-    from pipeline.sweep import load_space
+    from pipeline.sweep_space import load_space
 
     load_space(args.space, cfg)
     from pipeline.sweep import run_sweep
