@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
+from data.io import is_remote
 
 # Test hook: "BATCH:MARKER" makes the actor handed plan batch BATCH SIGKILL itself, once (while
 # MARKER does not exist; the actor creates it).
@@ -42,7 +43,7 @@ def _filesystem(path_or_uri: str):
     """(pyarrow filesystem, path on it) for a local path or a URI."""
     import pyarrow.fs as pafs
 
-    if "://" in path_or_uri and not path_or_uri.startswith("file://"):
+    if is_remote(path_or_uri):
         try:
             return pafs.FileSystem.from_uri(path_or_uri)
         except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, ValueError, OSError
