@@ -102,6 +102,27 @@ def _read_tsv(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _evaluation_pairs(args, name: str, version: str) -> tuple[list[tuple[str, str]], str, str | None]:
+    """(pairs, what they are, split) from --data or --split, cut to --max-sentences."""
+    from pipeline.evaluate import split_pairs_of_version
+
+    if args.data:
+        pairs, data, split = _read_tsv(args.data), os.path.abspath(args.data), None
+    else:
+        pairs, data, split = split_pairs_of_version(name, version, args.split), f"split:{args.split}", args.split
+    if args.max_sentences and len(pairs) > args.max_sentences:
+        pairs, data = pairs[: args.max_sentences], f"{data}[:{args.max_sentences}]"
+        split = None if split is None else f"{split}[:{args.max_sentences}]"
+    return pairs, data, split
+
+
+def _print_scores(uris: list[str], results: list[dict]) -> None:
+    """A table: one row a metric, one column a model."""
+    print(f"{'metric':22s}" + "".join(f"{u:>34s}" for u in uris))
+    for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perplexity", "sentences_per_second"):
+        print(f"{k:22s}" + "".join(f"{r.get(k, '-'):>34}" for r in results))
+
+
 def cmd_evaluate(args) -> int:
     if args.data and not os.path.isfile(args.data):  # before MLflow is imported
         from data.io import DataError
@@ -109,7 +130,6 @@ def cmd_evaluate(args) -> int:
         raise DataError(f"--data {args.data}: no such file")
     from pipeline.evaluate import (
         check_split, data_identity, evaluate_pyfunc, model_tgt_lang, record_evaluation, resolve_version,
-        split_pairs_of_version,
     )
 
     if not args.data:
@@ -120,13 +140,7 @@ def cmd_evaluate(args) -> int:
     name, version = resolve_version(args.model_uri)
     if args.compare:
         resolve_version(args.compare)  # a wrong --compare is refused before any scoring
-    if args.data:
-        pairs, data, split = _read_tsv(args.data), os.path.abspath(args.data), None
-    else:
-        pairs, data, split = split_pairs_of_version(name, version, args.split), f"split:{args.split}", args.split
-    if args.max_sentences and len(pairs) > args.max_sentences:
-        pairs, data = pairs[: args.max_sentences], f"{data}[:{args.max_sentences}]"
-        split = None if split is None else f"{split}[:{args.max_sentences}]"
+    pairs, data, split = _evaluation_pairs(args, name, version)
     identity = data_identity(pairs, data, split)
     tgt_lang = args.tgt_lang or model_tgt_lang(name, version)
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
@@ -153,14 +167,10 @@ def cmd_evaluate(args) -> int:
         results = [score(uri) for uri in uris]
         # The test split with the model's own decoding is the version's headline score (eval.bleu, ...).
         run_id = record_evaluation(name, version, results[0], canonical=split == "test" and params is None)
-        header = f"{'metric':22s}" + "".join(f"{u:>34s}" for u in uris)
-        print(header)
-        for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perplexity", "sentences_per_second"):
-            print(f"{k:22s}" + "".join(f"{r.get(k, '-'):>34}" for r in results))
+        _print_scores(uris, results)
         print(f"sentences: {len(pairs)} ({data}, sha256 {identity['sha256'][:12]}); evaluation run {run_id}")
-        print(f"sacreBLEU {results[0]['signature']['bleu']}")
-        print(f"chrF      {results[0]['signature']['chrf']}")
-        print(f"TER       {results[0]['signature']['ter']}")
+        for label, metric in (("sacreBLEU", "bleu"), ("chrF", "chrf"), ("TER", "ter")):
+            print(f"{label:9s} {results[0]['signature'][metric]}")
         if args.promote:
             # Promotion compares this version with the alias's holder on these same sentences: the
             # --compare result when it is the holder, else the holder is scored here.
