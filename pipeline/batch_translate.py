@@ -190,9 +190,10 @@ class BatchDecoder:
         import mlflow
         import torch
 
+        from pipeline.tracking import setup_mlflow
+
         torch.set_num_threads(threads)
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+        setup_mlflow(tracking_uri)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*type hints.*")
             self.translator = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().translator
