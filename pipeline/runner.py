@@ -100,7 +100,7 @@ def _run_pipeline(
     run_key = cfg.fingerprint()
     run_dir = home.runs / f"{cfg.run_name}-{run_key[:10]}-{version[:6]}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(redact_text(cfg.to_yaml()), encoding="utf-8")  # also the artifact
+    write_atomic(run_dir / "config.yaml", redact_text(cfg.to_yaml()))  # also the artifact
     run = PipelineRun(
         cfg, steps or STEPS, artifacts, run_dir, on_event=printer.event, step_scope=ray.step_scope, version=version,
         remote=remote,

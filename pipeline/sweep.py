@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.io import write_json_atomic
+from data.io import write_atomic, write_json_atomic
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.sweep_space import Dimension, draw_trials, load_space, with_value
 from pipeline.sweep_table import LiveTable, TrialRow, collect, print_table
@@ -102,12 +102,12 @@ def run_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     def scope(step, key, state_dir):
         id_file = state_dir / "mlflow_run_id"
         if step.name == "train" and not id_file.exists():
-            id_file.write_text(plan["trial_run_ids"][i])
+            write_atomic(id_file, plan["trial_run_ids"][i])
         return mlflow_step_run(step, key, state_dir)
 
     run_dir = Path(plan["folder"]) / f"trial-{i:03d}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    write_atomic(run_dir / "config.yaml", cfg.to_yaml())
     PipelineRun(cfg, STEPS, Path(plan["artifacts"]), run_dir, step_scope=scope).run(until_step="train")
 
 
@@ -257,7 +257,7 @@ def _record_outcome(rows: list[TrialRow], configs: list[PipelineConfig], state: 
         raise RuntimeError(f"sweep {state.name}: no trial finished; see the trials' errors above and {folder}")
     best = min(done, key=lambda r: r.last_val_loss)
     best_yaml = folder / "best.yaml"
-    best_yaml.write_text(configs[best.index].to_yaml(), encoding="utf-8")
+    write_atomic(best_yaml, configs[best.index].to_yaml())
     say(f"best: trial {best.index} {best.params}  val loss {best.last_val_loss:.4f}; config {best_yaml}")
     client.set_tag(state.parent_run_id, "tpipe.sweep.best_trial", str(best.index))
     with mlflow.start_run(run_id=state.parent_run_id):
