@@ -2,7 +2,9 @@
 
 `load_config("default", ["train.max_steps=100"])` reads `conf/default.yaml`, applies the dotted
 overrides and checks every key, type and range. A mistake is refused with one line that names the
-key path and what is allowed, before Ray, MLflow or torch are touched.
+key path and what is allowed, before Ray, MLflow or torch are touched. Settings of two sections that
+cannot work together are refused once, by check_across_sections, whenever a PipelineConfig is built.
+The typed-YAML machinery (plain scalars typed by their field, range checks) is pipeline/config_schema.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from data.tokenizer.config import TokenizerConfig
 from model.config import PRESET_DIR, ModelConfig
 from pipeline.config_schema import ConfigError, Text, describe, from_dict, read_yaml
 
-__all__ = ["ConfigError", "PipelineConfig", "TrainConfig", "describe", "load_config", "config_from_dict"]
+__all__ = [  # ConfigError and describe live in config_schema.py and are imported from here
+    "CONF_DIR", "ConfigError", "EvalConfig", "MLflowConfig", "PipelineConfig", "RayConfig", "RegistryConfig",
+    "TrainConfig", "check_across_sections", "config_from_dict", "describe", "load_config", "parse_duration",
+    "resolve_config_path",
+]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
