@@ -1,4 +1,4 @@
-"""Where a run keeps its state: the tpipe home, the MLflow store and the Ray connection.
+"""Where a run keeps its state: the tpipe home (step outputs, run folders, the run lock) and the MLflow store.
 
 Every path is absolute so that Ray workers (other processes, other working directories) and
 `tpipe ui` see the same store as the driver.

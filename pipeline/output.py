@@ -3,7 +3,8 @@
 Ray (its start-up warnings, worker errors relayed to the driver), MLflow, Lightning and Python
 warnings all write to file descriptor 2, in this process and in the processes it starts. During a
 run that descriptor points at `tpipe.log` in the run folder, so the terminal (or a Ray job log)
-keeps tpipe's progress and results; `tpipe --verbose run` leaves it on the terminal.
+keeps tpipe's progress and results (Printer: a line per step, a closing table); `tpipe --verbose run`
+leaves it on the terminal.
 """
 
 from __future__ import annotations
