@@ -27,8 +27,9 @@ class DataError(UserError, ValueError):
 
 
 def is_remote(path: str) -> bool:
-    """'s3://b/k' -> True; '/data/x', 'file:///data/x' and 'x.tsv' -> False."""
-    return "://" in path and not path.startswith("file://")
+    """'s3://b/k' -> True; '/data/x', 'file:///data/x', 'x.tsv' and 'C://x' (a drive letter, not a scheme) -> False."""
+    scheme, sep, _ = path.partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme != "file"
 
 
 # scheme://USER:PASSWORD@host...: the user-info runs from `://` to the last '@' of the authority.
@@ -146,29 +147,42 @@ def sha256_file(path: str) -> str:
 
 
 def tmp_path_for(path: str) -> str:
-    """A sibling temporary name, so that os.replace stays on one filesystem and is atomic."""
+    """A unique sibling temporary name, so that os.replace stays on one filesystem and is atomic."""
     d, name = os.path.split(path)
     return os.path.join(d, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
 
 
 @contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Write to the yielded temporary path; it becomes `path` only if the block finishes."""
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Write to the yielded temporary path; it becomes `path` only if the block finishes.
+
+    The one atomic write of tpipe: the file is flushed to disk (fsync) before the rename, so a crash
+    leaves the old file or the new one, never an empty one; the temporary file is removed however
+    the block ends.
+    """
+    path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = tmp_path_for(path)
     try:
         yield tmp
+        if os.path.isfile(tmp):
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
-            f.write("\n")
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write text (UTF-8) or bytes to `path` atomically (see atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> None:
+    """`obj` as indented UTF-8 JSON with a final newline, written atomically (see atomic_path)."""
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: str) -> Any:

@@ -15,13 +15,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from data.io import is_remote
+
 MARKER = "_COMPLETE.json"  # the workflow's completion marker (pipeline/workflow.py)
-
-
-def is_remote(root: str) -> bool:
-    """True for a URI with a scheme other than file:// (a Windows drive letter is not a scheme)."""
-    scheme, sep, _ = root.partition("://")
-    return bool(sep) and len(scheme) > 1 and scheme != "file"
 
 
 class RemoteRoot:

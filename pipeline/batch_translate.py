@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
+from data.io import is_remote
 
 # Test hook: "BATCH:MARKER" makes the actor handed plan batch BATCH SIGKILL itself, once (while
 # MARKER does not exist; the actor creates it).
-INJECT_KILL_ENV = "TPIPE_INJECT_KILL_TRANSLATE_ACTOR"
+from data.faults import TRANSLATE_ACTOR_KILL as INJECT_KILL_ENV, translate_actor_kill  # noqa: F401 (tests import the name from here)
 
 
 class TranslateError(UserError, ValueError):
@@ -42,7 +43,7 @@ def _filesystem(path_or_uri: str):
     """(pyarrow filesystem, path on it) for a local path or a URI."""
     import pyarrow.fs as pafs
 
-    if "://" in path_or_uri and not path_or_uri.startswith("file://"):
+    if is_remote(path_or_uri):
         try:
             return pafs.FileSystem.from_uri(path_or_uri)
         except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, ValueError, OSError
@@ -189,9 +190,10 @@ class BatchDecoder:
         import mlflow
         import torch
 
+        from pipeline.tracking import setup_mlflow
+
         torch.set_num_threads(threads)
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+        setup_mlflow(tracking_uri)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*type hints.*")
             self.translator = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().translator
@@ -309,8 +311,7 @@ def translate_plan(
         {"batch": b, "lines": idx, "lengths": [len(ids[i]) for i in idx], "ids": [t for i in idx for t in ids[i]]}
         for b, idx in reversed(list(enumerate(plan.batches)))
     ]
-    inject = os.environ.get(INJECT_KILL_ENV)  # "BATCH:MARKER_FILE", for fault-tolerance tests
-    inject_kill = [int(inject.split(":", 1)[0]), inject.split(":", 1)[1]] if inject else None
+    inject_kill = translate_actor_kill()  # for fault-tolerance tests
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

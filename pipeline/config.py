@@ -2,7 +2,9 @@
 
 `load_config("default", ["train.max_steps=100"])` reads `conf/default.yaml`, applies the dotted
 overrides and checks every key, type and range. A mistake is refused with one line that names the
-key path and what is allowed, before Ray, MLflow or torch are touched.
+key path and what is allowed, before Ray, MLflow or torch are touched. Settings of two sections that
+cannot work together are refused once, by check_across_sections, whenever a PipelineConfig is built.
+The typed-YAML machinery (plain scalars typed by their field, range checks) is pipeline/config_schema.py.
 """
 
 from __future__ import annotations
@@ -10,9 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,17 @@ from typing import Any
 import yaml
 
 from data.config import DataConfig
-from data.errors import UserError
 from data.tokenizer.config import TokenizerConfig
-from model.config import ModelConfig
+from model.config import PRESET_DIR, ModelConfig
+from pipeline.config_schema import ConfigError, Text, describe, from_dict, read_yaml
+
+__all__ = [  # ConfigError and describe live in config_schema.py and are imported from here
+    "CONF_DIR", "ConfigError", "EvalConfig", "MLflowConfig", "PipelineConfig", "RayConfig", "RegistryConfig",
+    "TrainConfig", "check_across_sections", "config_from_dict", "describe", "load_config", "parse_duration",
+    "resolve_config_path",
+]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-class ConfigError(UserError, ValueError):
-    """A config value was refused; the message is one line naming the key path."""
 
 
 @dataclass
@@ -180,6 +181,9 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
+    def __post_init__(self) -> None:
+        check_across_sections(self)  # every way a config is built (file, overrides, a worker's dict)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -212,42 +216,6 @@ def resolve_config_path(name_or_path: str | None) -> Path:
         return candidate
     names = sorted(q.stem for q in CONF_DIR.glob("*.yaml"))
     raise ConfigError(f"unknown config '{name_or_path}'; give a .yaml path or one of: {', '.join(names)}")
-
-
-class Text(str):
-    """A plain (unquoted) YAML scalar, kept as written until the field it sets says what type it is.
-
-    YAML 1.1 would read `run_name: 2024` as an int, `model_name: yes` as True and `lr: 1e-3` as a
-    string; `_check_value` instead parses the text against the field's declared type: `1e-3` is a
-    float for a float field, `2024` and `yes` are strings for a str field, `null` is None.
-    """
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """SafeLoader whose plain scalars stay `Text` (quoted ones are str); explicit tags still apply."""
-
-
-_ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:merge"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _construct_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
-    value = loader.construct_scalar(node)
-    return Text(value) if node.style is None else str(value)
-
-
-_ConfigLoader.add_constructor("tag:yaml.org,2002:str", _construct_text)
-
-
-def read_yaml(text: str) -> Any:
-    """YAML as the config reads it: plain scalars are `Text`, typed later by the field they set."""
-    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
-
-
-_NULL_WORDS = ("", "~", "null", "Null", "NULL")
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
@@ -301,123 +269,28 @@ _PRESET_SECTIONS = ("model",)
 
 
 def _expand_presets(raw: dict[str, Any]) -> None:
-    """`model: tiny` or `model: {preset: tiny, ...}` -> conf/model/tiny.yaml with the rest on top."""
-    for section in _PRESET_SECTIONS:
-        value = raw.get(section)
-        if isinstance(value, str):
-            value = {"preset": value}
-        if not isinstance(value, dict) or "preset" not in value:
-            continue
-        name = value.pop("preset")
-        preset_path = CONF_DIR / section / f"{name}.yaml"
-        if not preset_path.exists():
-            names = sorted(q.stem for q in (CONF_DIR / section).glob("*.yaml"))
-            raise ConfigError(f"{section}.preset: unknown preset '{name}'; allowed: {', '.join(names)}")
-        base = read_yaml(preset_path.read_text(encoding="utf-8")) or {}
-        base.update(value)
-        raw[section] = base
+    """`model: tiny` or `model: {preset: tiny, ...}` -> ModelConfig.from_name("tiny") with the rest on top."""
+    value = raw.get("model")
+    if isinstance(value, str):
+        value = {"preset": value}
+    if not isinstance(value, dict) or "preset" not in value:
+        return
+    name = value.pop("preset")
+    names = sorted(q.stem for q in PRESET_DIR.glob("*.yaml"))
+    if name not in names:
+        raise ConfigError(f"model.preset: unknown preset '{name}'; allowed: {', '.join(names)}")
+    raw["model"] = dataclasses.asdict(ModelConfig.from_name(name)) | value
 
 
-def from_dict(cls: type, raw: Any, path: str) -> Any:
-    """Build dataclass `cls` from a mapping, refusing unknown keys, wrong types and out-of-range values."""
-    where = path or "config"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        key_path = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            raise ConfigError(f"unknown key '{key_path}'; allowed: {', '.join(fields)}")
-        kwargs[key] = _check_value(hints[key], value, key_path, fields[key].metadata)
-    try:
-        return cls(**kwargs)
-    except ValueError as e:  # cross-field checks in __post_init__
-        raise ConfigError(str(e)) from None
+def check_across_sections(cfg: PipelineConfig) -> None:
+    """Refuse settings of two sections that cannot work together, naming both keys.
 
-
-def _check_value(tp: Any, value: Any, key_path: str, meta: typing.Mapping[str, Any]) -> Any:
-    origin = typing.get_origin(tp)
-    if isinstance(value, Text) and value in _NULL_WORDS:
-        value = None
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        tp = args[0]
-        origin = typing.get_origin(tp)
-    if isinstance(value, Text) and tp in (bool, int, float, str):
-        value = _parse_text(tp, value, key_path)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key_path)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key_path}: expected a list of {item_tp.__name__}, got {value!r}")
-        return [_check_value(item_tp, v, f"{key_path}[{i}]", {}) for i, v in enumerate(value)]
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-    }[tp](value)
-    if not ok:
-        raise ConfigError(f"{key_path}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
-    if tp is float:
-        value = float(value)
-        if not math.isfinite(value):  # nan passes every range check (all comparisons are False)
-            raise ConfigError(f"{key_path}: {value!r} is not a finite number")
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{key_path}: {value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and value < lo:
-        raise ConfigError(f"{key_path}: {value!r} is below the minimum {lo}; allowed: >= {lo}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{key_path}: {value!r} is above the maximum {hi}; allowed: <= {hi}")
-    return value
-
-
-def _parse_text(tp: type, text: Text, key_path: str) -> Any:
-    """`1e-3` -> 0.001 for a float field, `2024` -> '2024' for a str field, `yes` -> True for a bool field."""
-    if tp is str:
-        return str(text)
-    if tp is bool and text.lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[text.lower()]
-    if tp is int or tp is float:
-        try:
-            return tp(text)
-        except ValueError:
-            pass
-        if tp is float and text.lower() in (".inf", "-.inf", "+.inf", ".nan"):
-            return float(text.replace(".", "", 1))
-    try:  # the value as YAML would read it, so the message shows 1.5, True or 'abc'
-        shown = yaml.safe_load(text)
-    except yaml.YAMLError:
-        shown = str(text)
-    raise ConfigError(f"{key_path}: expected {tp.__name__}, got {shown!r} ({type(shown).__name__})")
-
-
-def describe(obj: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key path, value, help) for every field of `obj` (a config; the defaults when None).
-
-    Used by `tpipe config [NAME] --keys`, which shows the values of the named config.
+    (Whether train.max_tokens holds the longest pair depends on the data: pipeline/train.py
+    check_training_inputs measures it before Ray Train starts.)
     """
-    obj = PipelineConfig() if obj is None else obj
-    cls = type(obj)
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows += describe(getattr(obj, f.name), key + ".")
-            continue
-        default = getattr(obj, f.name)
-        help_ = f.metadata.get("help", "")
-        if "choices" in f.metadata:
-            help_ += f" [{'|'.join(map(str, f.metadata['choices']))}]"
-        rows.append((key, repr(default), help_))
-    return rows
+    side, seq = cfg.data.max_tokens_per_side, cfg.model.max_seq_len
+    if side > seq - 2:  # a side is framed with a begin and an end token: [bos] + tgt + [eos]
+        raise ConfigError(
+            f"data.max_tokens_per_side={side} does not fit model.max_seq_len={seq} (a side plus its begin and end "
+            f"tokens); lower data.max_tokens_per_side to at most {seq - 2} or raise model.max_seq_len"
+        )

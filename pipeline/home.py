@@ -1,4 +1,4 @@
-"""Where a run keeps its state: the tpipe home, the MLflow store and the Ray connection.
+"""Where a run keeps its state: the tpipe home (step outputs, run folders, the run lock) and the MLflow store.
 
 Every path is absolute so that Ray workers (other processes, other working directories) and
 `tpipe ui` see the same store as the driver.
@@ -44,11 +44,6 @@ class Home:
     def runs(self) -> Path:
         """One folder per pipeline run: resolved config, step states."""
         return self.root / "runs"
-
-    @property
-    def ray_results(self) -> Path:
-        """Ray Train's storage_path when none is configured."""
-        return self.root / "ray_results"
 
     @property
     def mlflow_db(self) -> Path:

@@ -19,19 +19,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from data.io import atomic_path
+from data.io import atomic_path, write_json_atomic
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
 GENERATION = "generation.json"
 TOKENIZER_DIR = "tokenizer"
 PARTS = (WEIGHTS, MODEL_CONFIG, GENERATION, TOKENIZER_DIR)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (sorted keys, so the same object gives the same bytes)."""
-    with atomic_path(str(path)) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def generation_settings(eval_cfg) -> dict[str, Any]:
@@ -51,8 +45,8 @@ def save(out_dir: Path, model, model_cfg, generation: dict[str, Any], tokenizer_
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(str(out_dir / WEIGHTS)) as tmp:
         save_model(model, tmp)
-    write_json(out_dir / MODEL_CONFIG, asdict(model_cfg))
-    write_json(out_dir / GENERATION, generation)
+    write_json_atomic(out_dir / MODEL_CONFIG, asdict(model_cfg), sort_keys=True)
+    write_json_atomic(out_dir / GENERATION, generation, sort_keys=True)
     if (out_dir / TOKENIZER_DIR).exists():
         shutil.rmtree(out_dir / TOKENIZER_DIR)
     shutil.copytree(tokenizer_dir, out_dir / TOKENIZER_DIR)

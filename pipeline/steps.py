@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data.shards import raw_shards, split_texts, token_files
-from pipeline.workflow import Step, StepContext
+from pipeline.workflow import Step, StepContext, ray_storage
 
 
 # ---- prepare: read, clean, split and shard the corpus into Parquet (Ray tasks) ---------------
@@ -72,7 +72,7 @@ def train(ctx: StepContext) -> dict[str, Any]:
         shards={split: token_files(ctx.input_dir("encode"), split) for split in ("train", "valid")},
         locations={split: _shard_locations(ctx, split) for split in ("train", "valid")},
         tokenizer_location=ctx.input_location("tokenizer"),
-        storage_path=cfg.train.storage_path or _default_storage_path(ctx),
+        storage_path=cfg.train.storage_path or ray_storage(ctx.run.artifacts, ctx.run.remote),
         name=f"train-{ctx.final_dir.name}", out_dir=ctx.out_dir,
     )
     package.save(ctx.out_dir / "package", model, cfg.model, package.generation_settings(cfg.eval), ctx.input_dir("tokenizer"))
@@ -88,13 +88,6 @@ def _shard_locations(ctx: StepContext, split: str) -> list[str]:
     return [ctx.input_location("encode", Path(p).relative_to(encode_dir).as_posix()) for p in token_files(encode_dir, split)]
 
 
-def _default_storage_path(ctx: StepContext) -> str:
-    """Ray Train's checkpoints: beside the artifact root, on it when it is remote (every node reaches it)."""
-    if ctx.run.remote is not None:
-        return ctx.run.remote.uri_of("ray_results")
-    return str(ctx.run.artifacts.parent / "ray_results")
-
-
 # ---- register: the model package becomes a version of a registered model ---------------------
 def register(ctx: StepContext) -> dict[str, Any]:
     import shutil
@@ -103,7 +96,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
 
     from pipeline.evaluate import log_held_out_splits
     from pipeline.lineage import lineage, model_card, version_tags
-    from pipeline.package import write_json
+    from data.io import write_json_atomic
     from pipeline.registry import log_and_register
 
     cfg, train_summary = ctx.cfg, ctx.inputs["train"].summary
@@ -111,7 +104,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
     shutil.copytree(ctx.input_dir("train") / "package", package)
     record = lineage(ctx.input_dir("encode"), ctx.inputs["tokenizer"].summary["fingerprint"], cfg.fingerprint(),
                      ctx.run.version, {name: r.key for name, r in ctx.inputs.items()})
-    write_json(package / "lineage.json", record)
+    write_json_atomic(package / "lineage.json", record, sort_keys=True)
     (package / "README.md").write_text(model_card(cfg, record, train_summary), encoding="utf-8")
     # Logged in this step's own run: reopening the training's run would change its end time.
     info = log_and_register(package, cfg.registry.model_name, tags=version_tags(cfg, record),
@@ -136,7 +129,7 @@ def _registered_version_exists(out_dir: Path, summary: dict[str, Any]) -> bool:
 # ---- evaluate: pull the registered model through MLflow, score it, maybe promote it ----------
 def evaluate(ctx: StepContext) -> dict[str, Any]:
     from pipeline.evaluate import data_identity, evaluate_and_promote
-    from pipeline.package import write_json
+    from data.io import write_json_atomic
 
     cfg, reg = ctx.cfg, ctx.inputs["register"].summary
     pairs = split_texts(raw_shards(ctx.input_dir("prepare")), "test")
@@ -147,7 +140,7 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
     data = data_identity(pairs, f"split:test of {ctx.input_dir('prepare')}", split="test")
     report = evaluate_and_promote(reg["model_name"], reg["version"], pairs, data, cfg.data.tgt_lang,
                                   cfg.registry.promote_metric)
-    write_json(ctx.out_dir / "evaluation.json", report)
+    write_json_atomic(ctx.out_dir / "evaluation.json", report, sort_keys=True)
     return report
 
 

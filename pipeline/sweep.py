@@ -15,6 +15,7 @@
 
 Drawing the trials here rather than letting Tune sample them is what lets the data steps run once
 per fingerprint before any trial starts, and lets a bad value be refused before Ray starts.
+The space is pipeline/sweep_space.py; the table of trials pipeline/sweep_table.py.
 MLflow: one parent run for the sweep; a child run per trial (the trial's train step logs its
 params and curves there); the registration and evaluation runs nest under the parent too.
 """
@@ -22,156 +23,19 @@ params and curves there); the registration and evaluation runs nest under the pa
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from data.io import write_atomic, write_json_atomic
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.sweep_space import Dimension, draw_trials, load_space, with_value
+from pipeline.sweep_table import LiveTable, TrialRow, collect, print_table
 
-from pipeline.config import ConfigError, PipelineConfig, load_config
-
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid")
 DATA_STEPS = ("prepare", "tokenizer", "encode")
-
-
-# --------------------------------------------------------------------------------------------
-# The search space
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One swept key: `train.lr: {loguniform: [1e-4, 1e-2]}` -> Dimension("train.lr", "loguniform", (1e-4, 1e-2))."""
-
-    key: str
-    kind: str
-    values: tuple[Any, ...]  # the choices / grid points, or (low, high)
-    integer: bool = False  # the key holds an int: uniform draws are rounded
-
-    def draw(self, rng: random.Random) -> Any:
-        if self.kind == "choice":
-            return rng.choice(self.values)
-        low, high = self.values
-        if self.kind == "uniform":
-            x = rng.uniform(low, high)
-        else:
-            x = math.exp(rng.uniform(math.log(low), math.log(high)))
-        return round(x) if self.integer else x
-
-
-def load_space(path: str | Path, base: PipelineConfig) -> list[Dimension]:
-    """Read SPACE.yaml and check every value a trial can take against the config's own checks.
-
-    Keys are dotted (`train.lr:`) or nested (`train: {lr: ...}`). A wrong key, an unknown
-    distribution or an out-of-range value is a ConfigError naming the space file and the key path.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"search space {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{p}: expected a mapping of config keys to distributions, e.g. 'train.lr: {{loguniform: [1e-4, 1e-2]}}'")
-    defaults = base.to_dict()
-    dims = [_dimension(p, key, spec, defaults) for key, spec in _flatten(raw, defaults)]
-    for d in dims:
-        for value in d.values:  # every choice and grid point; a range's two ends
-            _check_value(p, base, d.key, value)
-    return dims
-
-
-def _flatten(raw: dict[str, Any], sections: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """{'train': {'lr': SPEC}} -> [('train.lr', SPEC)]: a mapping under a config section is read as
-    more keys, any other mapping as a distribution."""
-    out = []
-    for k, v in raw.items():
-        key, node = f"{prefix}{k}", sections.get(k) if isinstance(sections, dict) else None
-        is_spec = isinstance(v, dict) and len(v) == 1 and next(iter(v)) in DISTRIBUTIONS
-        if isinstance(v, dict) and isinstance(node, dict) and not is_spec:
-            out += _flatten(v, node, key + ".")
-        else:
-            out.append((key, v))
-    return out
-
-
-def _dimension(path: Path, key: str, spec: Any, defaults: dict[str, Any]) -> Dimension:
-    where = f"{path} {key}"
-    node: Any = defaults
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            allowed = ", ".join(node) if isinstance(node, dict) else "none (it is a value)"
-            raise ConfigError(f"{where}: unknown config key '{key}'; allowed at '{part}': {allowed}")
-        node = node[part]
-    if isinstance(node, dict):
-        raise ConfigError(f"{where}: '{key}' is a section, not a value; sweep one of its keys")
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: expected one of {{{', '.join(DISTRIBUTIONS)}}}: [...], got {spec!r}")
-    kind, values = next(iter(spec.items()))
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{where}: {kind} takes a non-empty list, got {values!r}")
-    integer = isinstance(node, int) and not isinstance(node, bool)
-    if kind in ("uniform", "loguniform"):
-        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ConfigError(f"{where}: {kind} takes [low, high] numbers, got {values!r}")
-        low, high = values
-        if not low < high:
-            raise ConfigError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
-        if kind == "loguniform" and low <= 0:
-            raise ConfigError(f"{where}: loguniform needs low > 0, got {low}")
-        if not integer:
-            values = [float(low), float(high)]
-    return Dimension(key, kind, tuple(values), integer)
-
-
-def _check_value(path: Path, base: PipelineConfig, key: str, value: Any) -> None:
-    try:
-        with_value(base, {key: value})
-    except ConfigError as e:
-        raise ConfigError(f"{path} {key}: {e}") from None
-
-
-def with_value(base: PipelineConfig, values: dict[str, Any]) -> PipelineConfig:
-    """`base` with dotted keys set, through the same checks as a config file."""
-    from pipeline.config import config_from_dict
-
-    raw = base.to_dict()
-    for key, value in values.items():
-        node = raw
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return config_from_dict(raw)
-
-
-def draw_trials(dims: list[Dimension], n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` draws per grid point (as Tune's num_samples), in a fixed order; duplicates skipped.
-
-    >>> dims = [Dimension("train.lr", "choice", (0.1, 0.2)), Dimension("seed", "grid", (1, 2))]
-    >>> len(draw_trials(dims, 2, seed=0))
-    4
-    """
-    rng = random.Random(seed)
-    grid = [d for d in dims if d.kind == "grid"]
-    drawn = [d for d in dims if d.kind != "grid"]
-    trials: list[dict[str, Any]] = []
-    for point in itertools.product(*(d.values for d in grid)) if grid else [()]:
-        fixed = {d.key: v for d, v in zip(grid, point)}
-        seen: list[dict[str, Any]] = []
-        for _ in range(n * 20):  # a small discrete space runs out: fewer trials, never repeated ones
-            if len(seen) == n:
-                break
-            t = fixed | {d.key: d.draw(rng) for d in drawn}
-            if t not in seen:
-                seen.append(t)
-        trials += seen
-    return trials
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,9 +54,7 @@ class SweepState:
     data_keys: dict[str, dict[str, str]] = field(default_factory=dict)  # data fingerprint -> step keys
 
     def save(self, folder: Path) -> None:
-        from pipeline.package import write_json
-
-        write_json(folder / "sweep.json", self.__dict__)
+        write_json_atomic(folder / "sweep.json", self.__dict__, sort_keys=True)
 
     @classmethod
     def load(cls, folder: Path) -> SweepState | None:
@@ -227,46 +89,30 @@ def run_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     the run of an interrupted attempt), so params and curves land in the trial's run. Ray Train
     reports each validation to Tune (pipeline/train.py adds Tune's callback inside a trial).
     """
-    import mlflow
-
     from pipeline.config import config_from_dict
     from pipeline.runner import mlflow_step_run
     from pipeline.steps import STEPS
+    from pipeline.tracking import setup_mlflow
     from pipeline.workflow import PipelineRun
 
     i = config["trial"]
     cfg = config_from_dict(plan["configs"][i])
-    mlflow.set_tracking_uri(plan["tracking_uri"])
-    mlflow.set_registry_uri(plan["tracking_uri"])
-    mlflow.set_experiment(cfg.mlflow.experiment)
+    setup_mlflow(plan["tracking_uri"], cfg.mlflow.experiment)
 
     def scope(step, key, state_dir):
         id_file = state_dir / "mlflow_run_id"
         if step.name == "train" and not id_file.exists():
-            id_file.write_text(plan["trial_run_ids"][i])
+            write_atomic(id_file, plan["trial_run_ids"][i])
         return mlflow_step_run(step, key, state_dir)
 
     run_dir = Path(plan["folder"]) / f"trial-{i:03d}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    write_atomic(run_dir / "config.yaml", cfg.to_yaml())
     PipelineRun(cfg, STEPS, Path(plan["artifacts"]), run_dir, step_scope=scope).run(until_step="train")
 
 
 # --------------------------------------------------------------------------------------------
 # The driver
-
-
-@dataclass
-class TrialRow:
-    """One line of the live table."""
-
-    index: int
-    params: dict[str, Any]
-    state: str = "PENDING"
-    best_val_loss: float = float("nan")
-    last_val_loss: float = float("nan")
-    step: int = 0
-    finished: bool = False  # trained to max_steps (not stopped early)
 
 
 def _scheduler(cfg: PipelineConfig):
@@ -297,14 +143,10 @@ def run_sweep(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run (or continue) a sweep; returns {"folder", "rows", "best", "best_config", "pipeline"}."""
-    import mlflow
-    from mlflow import MlflowClient
-
     from pipeline.home import Home
-    from pipeline.runner import artifact_root, connect_ray, mlflow_step_run, run_pipeline
-    from pipeline.steps import STEPS
-    from pipeline.tracking import check_tracking_server, log_dict_params, setup_mlflow
-    from pipeline.workflow import PipelineRun
+    from pipeline.ray_connect import connect_ray
+    from pipeline.runner import artifact_root, run_pipeline
+    from pipeline.tracking import check_tracking_server, setup_mlflow
 
     dims = load_space(space_path, base)  # refused here, before Ray or MLflow start
     if trials < 1:
@@ -325,68 +167,22 @@ def run_sweep(
     say = (lambda *a: None) if quiet else (lambda text: print(text, flush=True))
     say(f"sweep {name}: {len(configs)} trials over {', '.join(d.key for d in dims)}  ({folder})")
 
-    setup_mlflow(tracking_uri, base.mlflow.experiment, home)
-    exp = mlflow.set_experiment(base.mlflow.experiment)
-    client = MlflowClient()
-    if not state.parent_run_id:
-        parent = client.create_run(exp.experiment_id, run_name=name, tags={"tpipe.sweep": name})
-        state.parent_run_id = parent.info.run_id
-        with mlflow.start_run(run_id=state.parent_run_id):
-            log_dict_params(base.to_dict())
-            mlflow.log_dict({"space": [d.__dict__ for d in dims], "trials": state.trials}, "sweep/space.json")
-    if not state.trial_run_ids:
-        for i, t in enumerate(state.trials):
-            run = client.create_run(exp.experiment_id, run_name=f"{name}-trial-{i:03d}", tags={
-                "mlflow.parentRunId": state.parent_run_id, "tpipe.sweep": name, "tpipe.sweep.trial": str(i)})
-            for k, v in t.items():
-                client.log_param(run.info.run_id, f"sweep.{k}", v)
-            state.trial_run_ids.append(run.info.run_id)
+    _create_runs(state, base, dims, setup_mlflow(tracking_uri, base.mlflow.experiment, home))
     state.save(folder)
-
     started = connect_ray(address or base.ray.address, base.ray.num_cpus)
     t0 = time.perf_counter()
     try:
-        # The data steps, once per distinct data fingerprint, as nested runs of the sweep's run.
-        by_fingerprint: dict[str, PipelineConfig] = {}
-        for c in configs:
-            by_fingerprint.setdefault(data_fingerprint(c), c)
-        data_seconds = 0.0
-        with mlflow.start_run(run_id=state.parent_run_id):
-            for fp, c in by_fingerprint.items():
-                (folder / f"data-{fp}").mkdir(exist_ok=True)
-                data_run = PipelineRun(c, STEPS, artifacts, folder / f"data-{fp}", step_scope=mlflow_step_run)
-                results = data_run.run(until_step="encode")
-                data_seconds += sum(r.seconds for r in results.values())
-                state.data_keys[fp] = {n: r.key for n, r in results.items()}
-                say(f"data {fp}: " + ", ".join(f"{n} {'reused' if r.cached else f'{r.seconds:.1f}s'}" for n, r in results.items()))
+        data_seconds = _run_data_steps(configs, state, folder, artifacts, say)
         state.save(folder)
-
         rows = [TrialRow(i, t) for i, t in enumerate(state.trials)]
         result_grid = _tune(base, configs, state, folder, artifacts, tracking_uri, rows, say)
         tune_seconds = time.perf_counter() - t0 - data_seconds
-        _collect(result_grid, rows, configs)
-        _print_table(rows, say, final=True)
-        for r in rows:  # the trials' runs: stopped ones are marked, never left RUNNING
-            run_id = state.trial_run_ids[r.index]
-            client.set_tag(run_id, "tpipe.sweep.outcome", "finished" if r.finished else r.state.lower())
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_terminated(run_id, "FINISHED" if r.finished or r.state == "STOPPED" else "FAILED")
-        done = [r for r in rows if r.finished and not math.isnan(r.last_val_loss)]
-        if not done:
-            raise RuntimeError(f"sweep {name}: no trial finished; see the trials' errors above and {folder}")
-        best = min(done, key=lambda r: r.last_val_loss)
-        best_cfg = configs[best.index]
-        best_yaml = folder / "best.yaml"
-        best_yaml.write_text(best_cfg.to_yaml(), encoding="utf-8")
-        say(f"best: trial {best.index} {best.params}  val loss {best.last_val_loss:.4f}; config {best_yaml}")
-        client.set_tag(state.parent_run_id, "tpipe.sweep.best_trial", str(best.index))
-        with mlflow.start_run(run_id=state.parent_run_id):
-            mlflow.log_metric("sweep/best_val_loss", best.last_val_loss)
-            mlflow.log_artifact(str(best_yaml), "sweep")
-            mlflow.log_dict([r.__dict__ for r in rows], "sweep/trials.json")
+        collect(result_grid, rows, configs)
+        print_table(rows, say, final=True)
+        best, best_yaml = _record_outcome(rows, configs, state, folder, say)
         # The best trial through the ordinary pipeline: data and train reused, register + evaluate
         # run, nested under the sweep's run. @champion moves only if the evaluation says so.
-        pipeline = run_pipeline(best_cfg, address=address, quiet=quiet, parent_run_id=state.parent_run_id)
+        pipeline = run_pipeline(configs[best.index], address=address, quiet=quiet, parent_run_id=state.parent_run_id)
     finally:
         if started:
             import ray
@@ -398,8 +194,83 @@ def run_sweep(
     }
 
 
+def _create_runs(state: SweepState, base: PipelineConfig, dims: list[Dimension], experiment_id: str) -> None:
+    """The sweep's parent MLflow run and a child run per trial, once (a re-run finds their ids in sweep.json)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import log_dict_params
+
+    client = MlflowClient()
+    if not state.parent_run_id:
+        parent = client.create_run(experiment_id, run_name=state.name, tags={"tpipe.sweep": state.name})
+        state.parent_run_id = parent.info.run_id
+        with mlflow.start_run(run_id=state.parent_run_id):
+            log_dict_params(base.to_dict())
+            mlflow.log_dict({"space": [d.__dict__ for d in dims], "trials": state.trials}, "sweep/space.json")
+    if not state.trial_run_ids:
+        for i, t in enumerate(state.trials):
+            run = client.create_run(experiment_id, run_name=f"{state.name}-trial-{i:03d}", tags={
+                "mlflow.parentRunId": state.parent_run_id, "tpipe.sweep": state.name, "tpipe.sweep.trial": str(i)})
+            for k, v in t.items():
+                client.log_param(run.info.run_id, f"sweep.{k}", v)
+            state.trial_run_ids.append(run.info.run_id)
+
+
+def _run_data_steps(configs: list[PipelineConfig], state: SweepState, folder: Path, artifacts: Path, say) -> float:
+    """The data steps, once per distinct data fingerprint, as nested runs of the sweep's run; their seconds."""
+    import mlflow
+
+    from pipeline.runner import mlflow_step_run
+    from pipeline.steps import STEPS
+    from pipeline.workflow import PipelineRun
+
+    by_fingerprint: dict[str, PipelineConfig] = {}
+    for c in configs:
+        by_fingerprint.setdefault(data_fingerprint(c), c)
+    data_seconds = 0.0
+    with mlflow.start_run(run_id=state.parent_run_id):
+        for fp, c in by_fingerprint.items():
+            (folder / f"data-{fp}").mkdir(exist_ok=True)
+            data_run = PipelineRun(c, STEPS, artifacts, folder / f"data-{fp}", step_scope=mlflow_step_run)
+            results = data_run.run(until_step="encode")
+            data_seconds += sum(r.seconds for r in results.values())
+            state.data_keys[fp] = {n: r.key for n, r in results.items()}
+            say(f"data {fp}: " + ", ".join(f"{n} {'reused' if r.cached else f'{r.seconds:.1f}s'}" for n, r in results.items()))
+    return data_seconds
+
+
+def _record_outcome(rows: list[TrialRow], configs: list[PipelineConfig], state: SweepState, folder: Path, say):
+    """Mark each trial's run with its outcome, pick the finished trial with the lowest final validation
+    loss, write its config as best.yaml and log it on the sweep's run; returns (best row, best.yaml)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for r in rows:  # the trials' runs: stopped ones are marked, never left RUNNING
+        run_id = state.trial_run_ids[r.index]
+        client.set_tag(run_id, "tpipe.sweep.outcome", "finished" if r.finished else r.state.lower())
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "FINISHED" if r.finished or r.state == "STOPPED" else "FAILED")
+    done = [r for r in rows if r.finished and not math.isnan(r.last_val_loss)]
+    if not done:
+        raise RuntimeError(f"sweep {state.name}: no trial finished; see the trials' errors above and {folder}")
+    best = min(done, key=lambda r: r.last_val_loss)
+    best_yaml = folder / "best.yaml"
+    write_atomic(best_yaml, configs[best.index].to_yaml())
+    say(f"best: trial {best.index} {best.params}  val loss {best.last_val_loss:.4f}; config {best_yaml}")
+    client.set_tag(state.parent_run_id, "tpipe.sweep.best_trial", str(best.index))
+    with mlflow.start_run(run_id=state.parent_run_id):
+        mlflow.log_metric("sweep/best_val_loss", best.last_val_loss)
+        mlflow.log_artifact(str(best_yaml), "sweep")
+        mlflow.log_dict([r.__dict__ for r in rows], "sweep/trials.json")
+    return best, best_yaml
+
+
 def _tune(base, configs, state, folder, artifacts, tracking_uri, rows, say):
     from ray import tune
+
+    from pipeline.workflow import ray_storage
 
     plan = {
         "configs": [c.to_dict() for c in configs], "trial_run_ids": state.trial_run_ids, "folder": str(folder),
@@ -408,9 +279,9 @@ def _tune(base, configs, state, folder, artifacts, tracking_uri, rows, say):
     # The trial function only drives its Ray Train run (whose workers hold the CPUs): no CPU of its
     # own (a CPU each would leave no room for the workers). Tune wants some resource: a token of memory.
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": 0, "memory": 1 << 20})
-    storage = str(Path(artifacts).parent / "ray_results")
+    storage = ray_storage(Path(artifacts), None)
     path = f"{storage}/{state.name}"
-    table = _LiveTable(rows, say)
+    table = LiveTable(rows, say)
     run_config = tune.RunConfig(
         name=state.name, storage_path=storage, verbose=0, callbacks=[table],
         failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
@@ -431,76 +302,3 @@ def _tune(base, configs, state, folder, artifacts, tracking_uri, rows, say):
     return tuner.fit()
 
 
-def _collect(result_grid, rows: list[TrialRow], configs: list[PipelineConfig]) -> None:
-    """Final states from Tune's results: finished, stopped early (by ASHA) or errored."""
-    for result in result_grid:
-        r = rows[result.config["trial"]]
-        df = result.metrics_dataframe
-        if df is not None and "val_loss" in df:
-            losses = [float(x) for x in df["val_loss"].tolist() if x == x]
-            if losses:
-                r.best_val_loss, r.last_val_loss = min(losses), losses[-1]
-        metrics = result.metrics or {}
-        r.step = int(metrics.get("step", r.step) or 0)
-        r.finished = bool(metrics.get("final")) and result.error is None
-        r.state = "ERROR" if result.error is not None else "FINISHED" if r.finished else "STOPPED"
-
-
-def _callback_base():
-    from ray.tune import Callback
-
-    return Callback
-
-
-class _LiveTable(_callback_base()):
-    """Tune callback on the driver: a table of the trials each time one reports or changes state."""
-
-    def __init__(self, rows: list[TrialRow], say):
-        self.rows, self.say, self.last = rows, say, 0.0
-
-    def _row(self, trial) -> TrialRow:
-        return self.rows[trial.config["trial"]]
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._row(trial).state = "RUNNING"
-        self._show()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        r = self._row(trial)
-        r.state = "RUNNING"
-        loss = result.get("val_loss")
-        if loss is not None:
-            r.last_val_loss = float(loss)
-            r.best_val_loss = min(r.best_val_loss, float(loss)) if r.best_val_loss == r.best_val_loss else float(loss)
-        r.step = int(result.get("step", r.step) or r.step)
-        r.finished = bool(result.get("final"))
-        self._show()
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        r = self._row(trial)
-        r.state = "FINISHED" if r.finished else "STOPPED"
-        self._show(force=True)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._row(trial).state = "ERROR"
-        self._show(force=True)
-
-    def _show(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if force or now - self.last > 5.0:
-            self.last = now
-            _print_table(self.rows, self.say)
-
-
-def _print_table(rows: list[TrialRow], say, final: bool = False) -> None:
-    keys = sorted({k for r in rows for k in r.params})
-    head = f"{'trial':>5}  {'state':9s} " + " ".join(f"{k:>14s}" for k in keys) + f" {'best val':>9s} {'last val':>9s} {'steps':>6s}"
-    lines = [("sweep results" if final else "trials"), head]
-    for r in rows:
-        params = " ".join(f"{_fmt(r.params.get(k)):>14s}" for k in keys)
-        lines.append(f"{r.index:>5}  {r.state:9s} {params} {r.best_val_loss:9.4f} {r.last_val_loss:9.4f} {r.step:>6d}")
-    say("\n".join(lines))
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -63,8 +63,9 @@ def check_tracking_server(uri: str, retries: int = 2, timeout_s: int = 10) -> No
         ) from None
 
 
-def setup_mlflow(tracking_uri: str, experiment: str, home: Home | None = None) -> str:
-    """Point MLflow at `tracking_uri` and make sure `experiment` exists; returns its id.
+def setup_mlflow(tracking_uri: str, experiment: str | None = None, home: Home | None = None) -> str | None:
+    """Point MLflow's tracking and registry at `tracking_uri`; with `experiment`, make it exist and be
+    the active one, and return its id. The one MLflow set-up of tpipe (driver, trials, commands).
 
     A sqlite store keeps its artifacts under the tpipe home (absolute path), not in the
     working directory where MLflow would put them by default.
@@ -72,7 +73,6 @@ def setup_mlflow(tracking_uri: str, experiment: str, home: Home | None = None) -
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    create_store(tracking_uri)
     exported = os.environ.get("MLFLOW_REGISTRY_URI")
     mlflow.set_registry_uri(tracking_uri)
     # set_registry_uri also exports MLFLOW_REGISTRY_URI for child processes; a caller's later
@@ -81,6 +81,18 @@ def setup_mlflow(tracking_uri: str, experiment: str, home: Home | None = None) -
         os.environ.pop("MLFLOW_REGISTRY_URI", None)
     else:
         os.environ["MLFLOW_REGISTRY_URI"] = exported
+    if experiment is None:
+        return None
+    create_store(tracking_uri)
+    experiment_id = _experiment_id(tracking_uri, experiment, home)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _experiment_id(tracking_uri: str, experiment: str, home: Home | None) -> str:
+    """The id of `experiment`, created if missing (with its artifacts under the home for a sqlite store)."""
+    import mlflow
+
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id

@@ -23,6 +23,7 @@ from pipeline.callbacks import (
     ReportOnValidation, TrainingState, _Batches, _FullPasses, _KillOnce, _ProgressPrinter, driver_owned_run,
     tune_callbacks,
 )
+from data.faults import worker_kill
 from pipeline.config import PipelineConfig, config_from_dict
 from pipeline.train_inputs import (
     USER_ERROR, USER_ERROR_FILE, TrainingInputError, first_error_of_any_rank, report_user_error,
@@ -272,11 +273,7 @@ def run_training(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     tcfg = cfg.train
-    inject = os.environ.get("TPIPE_INJECT_KILL_WORKER")  # "RANK:STEP", for fault-tolerance tests
-    inject_kill = None
-    if inject:
-        rank, step = (int(x) for x in inject.split(":"))
-        inject_kill = [rank, step, os.path.join(str(storage_path), name, ".injected-kill")]
+    inject_kill = worker_kill(os.path.join(str(storage_path), name))  # for fault-tolerance tests
     trainer = TorchTrainer(
         train_func,
         train_loop_config={

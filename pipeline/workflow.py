@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
+from data.io import sha256_file, write_json_atomic
 from pipeline.artifacts import RemoteRoot
 from pipeline.config import PipelineConfig
 
@@ -216,15 +217,11 @@ class PipelineRun:
         state = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"steps": {}}
         state["steps"][name] = entry
         state["updated"] = time.time()
-        tmp = path.with_name(f".state.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(path, state)
 
 
 def file_records(out_dir: Path) -> dict[str, dict[str, Any]]:
     """Size, modification time and SHA-256 of every file of a finished output, kept in its marker."""
-    from data.io import sha256_file
-
     out = {}
     for p in sorted(out_dir.rglob("*")):
         if p.is_file() and p.name != MARKER:
@@ -241,8 +238,6 @@ def outputs_unchanged(out_dir: Path, records: dict[str, dict[str, Any]] | None) 
     (rewritten, or copied from a remote root), so a reuse costs a stat per file, not a read. An
     output written before files were recorded is trusted as before.
     """
-    from data.io import sha256_file
-
     if records is None:
         return True
     for rel, rec in records.items():
@@ -272,6 +267,12 @@ def remove_dead_attempts(step_dir: Path) -> None:
         if pid.isdigit() and int(pid) == os.getpid():
             continue
         shutil.rmtree(p, ignore_errors=True)
+
+
+def ray_storage(artifacts: Path, remote: RemoteRoot | None) -> str:
+    """Ray Train's and Tune's storage when train.storage_path is empty: `ray_results` beside the
+    artifact root, on it when it is remote (every node reaches it)."""
+    return remote.uri_of("ray_results") if remote is not None else str(artifacts.parent / "ray_results")
 
 
 def _alive(pid: int) -> bool:

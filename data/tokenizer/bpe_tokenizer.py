@@ -19,7 +19,8 @@ from typing import Any
 
 from data.tokenizer.bpe import apply_merges, learn_merges, trace_merges
 from data.tokenizer.config import TokenizerConfig
-from data.tokenizer.files import dumps_vocab, write_atomic
+from data.io import write_atomic
+from data.tokenizer.files import dumps_vocab
 from data.tokenizer.pretokenize import (
     byte_order,
     bytes_to_unicode,

@@ -28,7 +28,8 @@ from typing import Any
 from data.tokenizer.config import TokenizerConfig
 from data.tokenizer.counting import Chunk, CountStats, Reader, iter_texts, plan_chunks
 from data.tokenizer.errors import TokenizerFileError, TrainingError
-from data.tokenizer.files import dumps_vocab, write_atomic
+from data.io import write_atomic
+from data.tokenizer.files import dumps_vocab
 from data.tokenizer.pretokenize import text_to_bytes
 from data.tokenizer.tokenizer import FORMAT_VERSION, META_FILE, Tokenizer
 

@@ -229,12 +229,12 @@ def run_cli(argv: list[str], capfd) -> tuple[int, list[str], float]:
 
 @pytest.mark.parametrize("kind,case", CASES, ids=[k for k, _ in CASES])
 def test_checked_before_ray(kind, case, home, tmp_path, capfd, monkeypatch):
-    import pipeline.runner
+    import pipeline.ray_connect
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for an input that can be checked before it")
 
-    monkeypatch.setattr(pipeline.runner, "connect_ray", no_ray)
+    monkeypatch.setattr(pipeline.ray_connect, "connect_ray", no_ray)
     argv, needles = case(tmp_path)
     rc, lines, seconds = run_cli(argv, capfd)
     TABLE.append((kind, lines[0] if lines else "", rc, seconds))

@@ -115,6 +115,29 @@ def test_refused_with_key_path(override, expected):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "overrides, keys",
+    [
+        (["data.max_tokens_per_side=127"], ("data.max_tokens_per_side=127", "model.max_seq_len=128")),
+        (["model.max_seq_len=64"], ("data.max_tokens_per_side=126", "model.max_seq_len=64")),
+        (["model=base", "data.max_tokens_per_side=300"], ("data.max_tokens_per_side=300", "model.max_seq_len=256")),
+    ],
+)
+def test_settings_across_sections_refused_naming_both_keys(overrides, keys):
+    """A side of data.max_tokens_per_side tokens plus its begin and end tokens must fit model.max_seq_len."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert all(k in str(e.value) for k in keys) and "\n" not in str(e.value)
+    assert load_config(None, ["model.max_seq_len=64", "data.max_tokens_per_side=62"]).model.max_seq_len == 64
+
+
+def test_preset_expanded_by_model_config_from_name():
+    from model.config import ModelConfig
+
+    assert load_config(None, ["model=base"]).model == ModelConfig.from_name("base")
+    assert load_config(None, ["model=base", "model.dropout=0.2"]).model == ModelConfig.from_name("base", dropout=0.2)
+
+
 def test_malformed_override_and_unknown_config(tmp_path):
     with pytest.raises(ConfigError, match="not of the form key.sub=value"):
         load_config(None, ["train.lr"])

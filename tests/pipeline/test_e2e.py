@@ -431,7 +431,7 @@ def test_registered_model_decodes_with_its_own_settings_and_describes_itself(fir
     from pipeline.evaluate import model_tgt_lang
     from pipeline.registry import log_and_register
     from pipeline.inference import Translator
-    from pipeline.package import write_json
+    from data.io import write_json_atomic as write_json
 
     client = _use_store(first_run["summary"]["tracking_uri"])
     v1 = client.get_model_version("tpipe-smoke", "1")

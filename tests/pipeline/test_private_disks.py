@@ -59,7 +59,6 @@ def private_nodes(tmp_path_factory):
     """
     import shlex
     import signal
-    import subprocess
     import time
 
     import ray

@@ -14,7 +14,8 @@ import pytest
 from pipeline_testlib import fresh_ray, kill_everything_of, tpipe_home
 
 from pipeline.config import ConfigError, load_config
-from pipeline.sweep import Dimension, data_fingerprint, draw_trials, load_space, with_value
+from pipeline.sweep import data_fingerprint
+from pipeline.sweep_space import Dimension, draw_trials, load_space, with_value
 
 REPO = Path(__file__).resolve().parents[2]
 # The smoke config made smaller still: 1 Ray Train worker per trial (2 trials at once on 2 CPUs),

@@ -1,0 +1,190 @@
+"""The commands of `tpipe` that use a registered model: translate (sentences or a corpus) and evaluate.
+
+MLflow is imported inside the commands, after the arguments are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from data.errors import UserError
+
+
+def _setup_tracking() -> str:
+    """Point MLflow (tracking and registry) at the configured store; returns its URI."""
+    from pipeline.home import Home
+    from pipeline.tracking import credentials_to_env, setup_mlflow
+
+    uri = credentials_to_env(Home.resolve().tracking_uri())  # MLflow prints run URLs: never with a password
+    setup_mlflow(uri)
+    return uri
+
+
+def cmd_translate(args) -> int:
+    if args.input or args.output:
+        return _translate_corpus(args)
+
+    from pipeline.registry import ModelNotFound, resolve_model_uri
+
+    if ":/" not in args.model_uri and not os.path.isdir(args.model_uri):  # before MLflow is imported
+        raise ModelNotFound(f"{args.model_uri}: no such model folder (or give models:/NAME@ALIAS)")
+
+    from pipeline.inference import check_sentences
+
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
+    check_sentences(texts)  # before the model loads
+    _setup_tracking()
+    import warnings
+
+    import mlflow
+
+    if args.model_uri.startswith("models:/"):
+        resolve_model_uri(args.model_uri)  # one line naming the URI, not MLflow's traceback
+    # suppress_warnings: no comparison of the model's pinned requirements with every installed
+    # distribution (a scan of site-packages, ~10% of a cold translate), no advice lines on stderr.
+    with warnings.catch_warnings():  # models registered before pyfunc_model.py filtered MLflow's advice
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+        model = mlflow.pyfunc.load_model(args.model_uri, suppress_warnings=True)
+    for src, hyp in zip(texts, model.predict(texts)):
+        print(f"{src}\t{hyp}")
+    return 0
+
+
+def _translate_corpus(args) -> int:
+    """`tpipe translate MODEL_URI --input PATH_OR_URI --output PATH_OR_URI`: a whole corpus on Ray Data."""
+    if not (args.input and args.output) or args.text:
+        raise UserError("translate a corpus with both --input and --output (and no sentences on the command line)")
+    from pipeline.batch_translate import (
+        TranslateError, check_output, plan_translation, read_corpus, translate_plan, write_translations,
+    )
+    from pipeline.ray_connect import connect_ray
+
+    # Everything a user can get wrong is checked before Ray starts: output, input, model URI.
+    check_output(args.output)
+    corpus = read_corpus(args.input, args.column)
+    if not corpus.lines:
+        raise TranslateError(f"input {args.input} has no lines to translate")
+    uri = _setup_tracking()
+    plan = plan_translation(args.model_uri, corpus.lines, uri, _decoding_overrides(args))
+    started = connect_ray(args.address, None)
+    try:
+        translations, stats = translate_plan(plan, tracking_uri=uri, actors=args.actors,
+                                             progress=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    meta = plan.metadata() | {"input": args.input, "invalid_utf8_lines": corpus.invalid_utf8_lines} | {
+        k: stats[k] for k in ("actors", "sentences_per_second", "tokens_per_second", "padding_fraction")}
+    write_translations(args.output, corpus.lines, translations, meta)
+    print(f"{len(translations)} lines -> {args.output}  ({plan.version_uri}; {stats['sentences_per_second']} "
+          f"sentences/s, {stats['tokens_per_second']} tokens/s, {stats['actors']} actors)")
+    return 0
+
+
+def _decoding_overrides(args) -> dict:
+    return {"beam_size": args.beam, "max_len": args.max_len, "batch_size": args.batch_size}
+
+
+def _read_tsv(path: str) -> list[tuple[str, str]]:
+    from data.io import DataError
+
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2:
+                raise DataError(f"{path} line {n}: expected 'source<TAB>reference', got {len(parts)} field(s)")
+            pairs.append((parts[-2], parts[-1]))
+    return pairs
+
+
+def _evaluation_pairs(args, name: str, version: str) -> tuple[list[tuple[str, str]], str, str | None]:
+    """(pairs, what they are, split) from --data or --split, cut to --max-sentences."""
+    from pipeline.evaluate import split_pairs_of_version
+
+    if args.data:
+        pairs, data, split = _read_tsv(args.data), os.path.abspath(args.data), None
+    else:
+        pairs, data, split = split_pairs_of_version(name, version, args.split), f"split:{args.split}", args.split
+    if args.max_sentences and len(pairs) > args.max_sentences:
+        pairs, data = pairs[: args.max_sentences], f"{data}[:{args.max_sentences}]"
+        split = None if split is None else f"{split}[:{args.max_sentences}]"
+    return pairs, data, split
+
+
+def _print_scores(uris: list[str], results: list[dict]) -> None:
+    """A table: one row a metric, one column a model."""
+    print(f"{'metric':22s}" + "".join(f"{u:>34s}" for u in uris))
+    for k in ("bleu", "chrf", "ter", "exact_match", "length_ratio", "loss", "perplexity", "sentences_per_second"):
+        print(f"{k:22s}" + "".join(f"{r.get(k, '-'):>34}" for r in results))
+
+
+def cmd_evaluate(args) -> int:
+    if args.data and not os.path.isfile(args.data):  # before MLflow is imported
+        from data.io import DataError
+
+        raise DataError(f"--data {args.data}: no such file")
+    from pipeline.evaluate import (
+        check_split, data_identity, evaluate_pyfunc, model_tgt_lang, record_evaluation, resolve_version,
+    )
+
+    if not args.data:
+        check_split(args.split)  # before the store is opened
+    tracking_uri = _setup_tracking()
+    from pipeline.registry import alias_version, promote_if_better
+
+    name, version = resolve_version(args.model_uri)
+    if args.compare:
+        resolve_version(args.compare)  # a wrong --compare is refused before any scoring
+    pairs, data, split = _evaluation_pairs(args, name, version)
+    identity = data_identity(pairs, data, split)
+    tgt_lang = args.tgt_lang or model_tgt_lang(name, version)
+    sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    params = {"beam_size": args.beam} if args.beam else None
+    uris = [f"models:/{name}/{version}"] + ([args.compare] if args.compare else [])
+    compared = resolve_version(args.compare) if args.compare else None
+    large = len(sources) >= args.ray_above > 0
+    ray_started = False
+
+    def score(uri: str) -> dict:
+        nonlocal ray_started
+        translate = None
+        if large:  # on Ray Data, every CPU of the cluster: pipeline/batch_translate.py
+            from pipeline.batch_translate import plan_translation, translate_plan
+            from pipeline.ray_connect import connect_ray
+
+            plan = plan_translation(uri, sources, tracking_uri, params)
+            ray_started |= connect_ray(None, None)
+            translate = lambda _s, plan=plan: translate_plan(  # noqa: E731
+                plan, tracking_uri=tracking_uri, progress=lambda line: print(line, file=sys.stderr, flush=True))[0]
+        return evaluate_pyfunc(uri, sources, refs, tgt_lang, params=params, data=identity, translate=translate)
+
+    try:
+        results = [score(uri) for uri in uris]
+        # The test split with the model's own decoding is the version's headline score (eval.bleu, ...).
+        run_id = record_evaluation(name, version, results[0], canonical=split == "test" and params is None)
+        _print_scores(uris, results)
+        print(f"sentences: {len(pairs)} ({data}, sha256 {identity['sha256'][:12]}); evaluation run {run_id}")
+        for label, metric in (("sacreBLEU", "bleu"), ("chrF", "chrf"), ("TER", "ter")):
+            print(f"{label:9s} {results[0]['signature'][metric]}")
+        if args.promote:
+            # Promotion compares this version with the alias's holder on these same sentences: the
+            # --compare result when it is the holder, else the holder is scored here.
+            holder = alias_version(name, args.promote)
+            held = None
+            if holder is not None and holder != version:
+                held = results[1] if compared == (name, holder) else score(f"models:/{name}/{holder}")
+            moved, message = promote_if_better(name, version, args.metric, results[0], held, alias=args.promote)
+            print(f"promotion: {message}")
+        if args.json:
+            print(json.dumps([{k: v for k, v in r.items() if k != "samples"} for r in results], ensure_ascii=False))
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+    return 0
