@@ -167,12 +167,13 @@ def log_training_pictures(run_id: str, model, tokenizer, example: tuple[list[int
     import mlflow
     import torch
 
+    from data.framing import frame_source, frame_target
     from pipeline.plots import attention_heatmap_png
 
     src_ids, tgt_ids = example
-    bos, eos = tokenizer.bos_id, tokenizer.eos_id
-    src = torch.tensor(src_ids + [eos])
-    tgt = torch.tensor([bos] + tgt_ids)  # the decoder's input: BOS then the reference
+    bos, eos, max_len = tokenizer.bos_id, tokenizer.eos_id, model.cfg.max_seq_len
+    src = torch.tensor(frame_source(src_ids, eos, max_len))
+    tgt = torch.tensor(frame_target(tgt_ids, bos, eos, max_len)[:-1])  # the decoder's input: BOS then the reference
     inspection = model.inspect(src, tgt)
     # bytes, not text: a byte-level token may be part of a character (the plot escapes those)
     token = lambda i: tokenizer.decode_bytes([i], skip_special=False) or f"<{i}>"  # noqa: E731
