@@ -26,7 +26,7 @@ def cmd_translate(args) -> int:
     if args.input or args.output:
         return _translate_corpus(args)
 
-    from pipeline.registry import ModelNotFound, resolve_model_uri
+    from pipeline.registry import ModelNotFound
 
     if ":/" not in args.model_uri and not os.path.isdir(args.model_uri):  # before MLflow is imported
         raise ModelNotFound(f"{args.model_uri}: no such model folder (or give models:/NAME@ALIAS)")
@@ -35,21 +35,47 @@ def cmd_translate(args) -> int:
 
     texts = args.text or [line.rstrip("\n") for line in sys.stdin]
     check_sentences(texts)  # before the model loads
+    for src, hyp in zip(texts, _load_translator(args.model_uri).predict(texts)):
+        print(f"{src}\t{hyp}")
+    return 0
+
+
+def _load_translator(model_uri: str):
+    """What translates for `tpipe translate`: the pyfunc MLflow loads, or, for a version in this
+    home's own sqlite store, the same Translator on the package folder found without MLflow."""
+    from pipeline.home import Home
+    from pipeline.registry import local_package
+
+    if model_uri.startswith("models:/") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        package = local_package(Home.resolve().tracking_uri(), model_uri)
+        if package is not None:
+            from pipeline.inference import Translator
+
+            return _Predictor(Translator(package))
     _setup_tracking()
     import warnings
 
     import mlflow
 
-    if args.model_uri.startswith("models:/"):
-        resolve_model_uri(args.model_uri)  # one line naming the URI, not MLflow's traceback
+    from pipeline.registry import resolve_model_uri
+
+    if model_uri.startswith("models:/"):
+        resolve_model_uri(model_uri)  # one line naming the URI, not MLflow's traceback
     # suppress_warnings: no comparison of the model's pinned requirements with every installed
     # distribution (a scan of site-packages, ~10% of a cold translate), no advice lines on stderr.
     with warnings.catch_warnings():  # models registered before pyfunc_model.py filtered MLflow's advice
         warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-        model = mlflow.pyfunc.load_model(args.model_uri, suppress_warnings=True)
-    for src, hyp in zip(texts, model.predict(texts)):
-        print(f"{src}\t{hyp}")
-    return 0
+        return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
+
+
+class _Predictor:
+    """A Translator with the pyfunc's `predict(texts)`: the package's own decoding settings."""
+
+    def __init__(self, translator) -> None:
+        self.translator = translator
+
+    def predict(self, texts: list[str]) -> list[str]:
+        return self.translator.translate(texts)
 
 
 def _translate_corpus(args) -> int:

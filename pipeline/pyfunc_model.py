@@ -8,14 +8,9 @@ a pickle.
 
 from __future__ import annotations
 
-import warnings
-
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
-
-# MLflow advises type hints on `predict` each time this file is loaded; the model has an explicit
-# signature instead (pipeline/registry.py), so the advice is only noise on every translate/evaluate.
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class TranslationModel(PythonModel):
@@ -26,7 +21,11 @@ class TranslationModel(PythonModel):
 
         self.translator = Translator(context.artifacts["package"])
 
-    def predict(self, context, model_input, params=None):
+    # `model_input: pd.DataFrame`: what pyfunc hands over once it has applied the explicit signature
+    # (pipeline/registry.py: one string column). A hint MLflow infers no schema from, so it neither
+    # re-validates the input nor prints its "add type hints" advice on every load (a warning filter
+    # cannot hide it: MLflow resets the filters around that check).
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         # params (beam_size, max_len, length_penalty) change decoding for this call only; one the
         # caller left out arrives as None (the signature's default, pipeline/registry.py) and the
         # package's generation.json decides it.
