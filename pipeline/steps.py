@@ -94,14 +94,18 @@ def register(ctx: StepContext) -> dict[str, Any]:
 
     import mlflow
 
+    from data.io import write_json_atomic
+    from data.progress import Progress
     from pipeline.evaluate import log_held_out_splits
     from pipeline.lineage import lineage, model_card, version_tags
-    from data.io import write_json_atomic
     from pipeline.registry import log_and_register
 
     cfg, train_summary = ctx.cfg, ctx.inputs["train"].summary
+    # copying the package, logging and registering it (its weights go to the artifact store), the held-out splits
+    progress = Progress(f"register {cfg.registry.model_name}", total=3, unit="stages")
     package = ctx.out_dir / "package"
     shutil.copytree(ctx.input_dir("train") / "package", package)
+    progress.update()
     record = lineage(ctx.input_dir("encode"), ctx.inputs["tokenizer"].summary["fingerprint"], cfg.fingerprint(),
                      ctx.run.version, {name: r.key for name, r in ctx.inputs.items()})
     write_json_atomic(package / "lineage.json", record, sort_keys=True)
@@ -110,7 +114,10 @@ def register(ctx: StepContext) -> dict[str, Any]:
     info = log_and_register(package, cfg.registry.model_name, tags=version_tags(cfg, record),
                             train_run_id=train_summary["mlflow_run_id"])
     mlflow.log_dict(record, "lineage.json")
+    progress.update()
     log_held_out_splits(ctx.input_dir("prepare"))
+    progress.update()
+    progress.close()
     return info | {"model_name": cfg.registry.model_name}
 
 

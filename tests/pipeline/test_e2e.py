@@ -318,6 +318,8 @@ def test_driver_killed_during_encode_and_train_continues_identically(first_run, 
 def test_a_rerun_continues_then_one_more_reuses_everything_and_the_store_is_sound(race, resumed):
     import sqlite3
 
+    assert "register tpipe-smoke: 3/3 stages" in resumed.stdout  # registration reports its progress too
+
     last = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "smoke", "--json"], cwd=REPO,
                           env=tpipe_env(race["home"]), capture_output=True, text=True, timeout=600)
     assert last.returncode == 0, (last.stdout + last.stderr)[-4000:]
