@@ -2,6 +2,10 @@
 
     TPIPE_HOME=... python bench/translate.py models:/tpipe-smoke@champion [--runs 3]
 
+Two ways to the same model, interleaved run by run so the machine's drift falls on both:
+  local store   the version found in TPIPE_HOME's sqlite store with sqlite3 (tpipe's default)
+  via mlflow    MLFLOW_TRACKING_URI pointed at that same store: MLflow's client and pyfunc load it
+                (what every server store takes, and what `tpipe translate` did before)
 Each run is a new process with an empty numba cache folder (NUMBA_CACHE_DIR), as on a machine
 where nothing was compiled yet. CPU seconds (user + system of the child) are less disturbed by a
 busy machine than wall seconds. The last line is one JSON object with every figure.
@@ -23,9 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SENTENCE = "The cat sat on the mat and looked at the birds in the garden."
 
 
-def one_run(model_uri: str) -> dict[str, float]:
+def one_run(model_uri: str, via_mlflow: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(ROOT)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        if via_mlflow:
+            env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(os.environ['TPIPE_HOME']).resolve()}/mlflow.db"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "translate", model_uri, SENTENCE],
@@ -43,12 +50,19 @@ def main() -> int:
     ap.add_argument("model_uri")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    runs = [one_run(args.model_uri) for _ in range(args.runs)]
-    for r in runs:
-        print(f"wall {r['wall_s']:6.2f}s  cpu {r['cpu_s']:6.2f}s  stderr lines {r['stderr_lines']}")
+    if "TPIPE_HOME" not in os.environ:
+        raise SystemExit("set TPIPE_HOME to the home whose store holds the model")
+    runs: dict[str, list[dict[str, float]]] = {"local store": [], "via mlflow": []}
+    for i in range(args.runs):
+        for way in (("local store", "via mlflow") if i % 2 == 0 else ("via mlflow", "local store")):
+            runs[way].append(one_run(args.model_uri, via_mlflow=way == "via mlflow"))
+    median = lambda rs, k: sorted(r[k] for r in rs)[len(rs) // 2]  # noqa: E731
+    print(f"| way | median wall s | median cpu s | stderr lines |\n|---|---|---|---|")
+    for way, rs in runs.items():
+        print(f"| {way} | {median(rs, 'wall_s'):.2f} | {median(rs, 'cpu_s'):.2f} | {max(r['stderr_lines'] for r in rs)} |")
     print(json.dumps({"model_uri": args.model_uri, "runs": runs,
-                      "median_wall_s": sorted(r["wall_s"] for r in runs)[len(runs) // 2],
-                      "median_cpu_s": sorted(r["cpu_s"] for r in runs)[len(runs) // 2],
+                      "median_wall_s": {w: median(rs, "wall_s") for w, rs in runs.items()},
+                      "median_cpu_s": {w: median(rs, "cpu_s") for w, rs in runs.items()},
                       "load_average": os.getloadavg()[0]}))
     return 0
 
