@@ -57,7 +57,7 @@ def main() -> int:
         for way in (("local store", "via mlflow") if i % 2 == 0 else ("via mlflow", "local store")):
             runs[way].append(one_run(args.model_uri, via_mlflow=way == "via mlflow"))
     median = lambda rs, k: sorted(r[k] for r in rs)[len(rs) // 2]  # noqa: E731
-    print(f"| way | median wall s | median cpu s | stderr lines |\n|---|---|---|---|")
+    print("| way | median wall s | median cpu s | stderr lines |\n|---|---|---|---|")
     for way, rs in runs.items():
         print(f"| {way} | {median(rs, 'wall_s'):.2f} | {median(rs, 'cpu_s'):.2f} | {max(r['stderr_lines'] for r in rs)} |")
     print(json.dumps({"model_uri": args.model_uri, "runs": runs,
