@@ -71,7 +71,8 @@ def save_gpt2_files(tok, out_dir):
     """Only vocab.json + merges.txt, as GPT-2 ships them (load_tokenizer accepts such a directory)."""
     from pathlib import Path
 
-    from data.tokenizer.files import dumps_vocab, write_atomic
+    from data.io import write_atomic
+    from data.tokenizer.files import dumps_vocab
 
     out = Path(out_dir)
     write_atomic(out / "vocab.json", dumps_vocab(tok.tokens))
