@@ -7,13 +7,14 @@ file, opened by path each time, still says what ran and what failed, and `.ci/ru
 """
 
 import os
+import time
 
 
 def _trace(line: str) -> None:
     trace = os.environ.get("TPIPE_TEST_TRACE")
     if trace:
         with open(trace, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+            f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
 
 def pytest_runtest_logstart(nodeid, location):
