@@ -140,9 +140,17 @@ def test_sweep_is_tracked_and_its_best_trial_registered_and_evaluated(sweep):
         assert float(run.data.params["sweep.train.lr"]) == state.trials[i]["train.lr"]
         assert run.data.params["train.max_steps"] == "10"
         assert client.get_metric_history(run_id, "val/loss")
-    assert {r.data.tags.get("tpipe.step") for r in children} >= {"prepare", "register", "evaluate"}
+    assert {r.data.tags.get("tpipe.step") for r in children} >= {"prepare", "tokenizer", "encode"}  # the data steps, once
+    # the best trial's pipeline is a run of its own under the sweep's, with its register and evaluate steps
+    pipeline_run_id = sweep["pipeline"]["summary"]["mlflow_run_id"]
+    assert client.get_run(pipeline_run_id).data.tags["mlflow.parentRunId"] == state.parent_run_id
+    steps = client.search_runs([client.get_run(state.parent_run_id).info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{pipeline_run_id}'")
+    assert {r.data.tags.get("tpipe.step") for r in steps} >= {"register", "evaluate"}
     candidate = client.get_model_version_by_alias("tpipe-smoke", "candidate")
-    assert candidate.run_id == state.trial_run_ids[best.index]  # the best trial's own run made the version
+    # the best trial's own training made the version (registered in the register step's run, tagged
+    # with the training's run: registration never reopens a finished run)
+    assert candidate.tags["tpipe.train_run_id"] == state.trial_run_ids[best.index]
     assert "eval.bleu" in candidate.tags  # evaluated like any pipeline run
     assert client.get_model_version_by_alias("tpipe-smoke", "champion").version == candidate.version  # first: promoted
     # the best config is a config `tpipe run` accepts, and it names the trial's training
