@@ -120,7 +120,11 @@ def _scheduler(cfg: PipelineConfig):
     from ray.tune.schedulers import ASHAScheduler
 
     validations = max(1, cfg.train.max_steps // cfg.train.val_every_steps)
-    return ASHAScheduler(time_attr="training_iteration", max_t=validations + 1, grace_period=1, reduction_factor=2)
+    # Tune sees a report per validation plus the final-weights report (validations + 1 iterations).
+    # ASHA stops a trial that reaches max_t at once, which would end the trial before its train
+    # step writes the package and its completion marker; one iteration of room lets a trial that
+    # trains to the end finish its step, so the best trial's pipeline reuses it.
+    return ASHAScheduler(time_attr="training_iteration", max_t=validations + 2, grace_period=1, reduction_factor=2)
 
 
 def concurrent_trials(cfg: PipelineConfig) -> int:
