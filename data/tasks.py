@@ -19,12 +19,21 @@ def require_ray():
     return ray
 
 
-def gather(ray, refs: list, label: str = "", unit: str = "tasks") -> list:
+# The refs of tasks still running when another failed: held so that their errors, if any, are not
+# reported as unhandled when the refs are garbage-collected; the tasks finish on their own.
+_left_running: list = []
+
+
+def gather(ray, refs: list, label: str = "", unit: str = "tasks", settle_s: float = 30.0) -> list:
     """ray.get, but bad input surfaces as the DataError the task raised, not wrapped in a Ray traceback.
 
     With a label, reports the tasks finished so far, their rate and the time left (data/progress.py).
-    On a failure the other tasks are cancelled and their results collected, so that Ray does not
-    print their errors later as unhandled ones (a traceback per task for one bad file).
+    On a failure the other tasks are given settle_s to finish and their results are collected, so
+    that Ray does not print their errors later as unhandled ones (a traceback per task for one bad
+    file). They are not cancelled: in Ray 2.60 a `ray.cancel` that races with the task's own reply
+    fails a RAY_CHECK in the driver ("Tried to complete task that was not pending", the
+    `it != submissible_tasks_.end()` family of ray-project/ray#54846), which ends the calling
+    process with exit 1 and nothing on its terminal.
     """
     try:
         if label and refs:
@@ -36,13 +45,13 @@ def gather(ray, refs: list, label: str = "", unit: str = "tasks") -> list:
             progress.close()
         return ray.get(refs)
     except ray.exceptions.RayTaskError as e:
-        for r in refs:
-            ray.cancel(r)
-        for r in refs:
+        finished, running = ray.wait(refs, num_returns=len(refs), timeout=settle_s)
+        for r in finished:
             try:
-                ray.get(r, timeout=60)
+                ray.get(r)
             except Exception:  # noqa: BLE001 - collected only so that it counts as handled
                 pass
+        _left_running.extend(running)
         if isinstance(getattr(e, "cause", None), UserError):
             raise e.cause from None
         raise
