@@ -14,7 +14,7 @@ models' domain), `--lines` of them.
 Each round runs single, 1a, 2a (every second round 2a before 1a), so the machine's drift falls on
 all three alike; the ratio against single is taken within a round and the median over rounds is
 reported. Ray's seconds run from the first row requested to the last row received: they include the
-actors' start-up (each loads the model through MLflow), not Ray's own start-up. single's exclude
+actors' start-up (each loads the model package), not Ray's own start-up. single's exclude
 its model load (reported apart). tokens/s counts generated target tokens. Ends with one JSON object.
 """
 
