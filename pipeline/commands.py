@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from data.errors import UserError
 from pipeline.config import ConfigError, PipelineConfig, describe, load_config
@@ -168,7 +169,32 @@ def cmd_ui(args) -> int:
         "--default-artifact-root", str(home.mlflow_artifacts), "--host", "127.0.0.1", "--port", str(args.port),
     ]
     print(" ".join(cmd), flush=True)
+    base = f"http://127.0.0.1:{args.port}"
+    for line in ui_pages(home.root / "mlflow.db", base):
+        print(line, flush=True)
     return run_process_group(cmd)
+
+
+def ui_pages(db: Path, base: str) -> list[str]:
+    """The pages of `tpipe ui` worth opening first: each experiment's runs (newest first), the models.
+
+    A link straight to the runs table: MLflow 3 opens an experiment on its GenAI overview, which is
+    empty for tpipe's runs. Read with sqlite3, read-only, so that an absent store is not created.
+    """
+    import sqlite3
+
+    lines = [f"open {base}"]
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            rows = con.execute(
+                "SELECT e.experiment_id, e.name FROM experiments e WHERE e.lifecycle_stage = 'active' AND EXISTS "
+                "(SELECT 1 FROM runs r WHERE r.experiment_id = e.experiment_id) ORDER BY e.last_update_time DESC"
+            ).fetchall()
+    except sqlite3.Error:  # no store yet (nothing has run), or not one MLflow wrote
+        return lines + ["  (no runs yet: `tpipe run smoke` makes some)"]
+    width = max([len(name) for _, name in rows] + [0])
+    lines += [f"  runs of {name!s:{width}}  {base}/#/experiments/{eid}/runs" for eid, name in rows]
+    return lines + [f"  registered models{' ' * max(0, width - 9)}  {base}/#/models"]
 
 
 def run_process_group(cmd: list[str]) -> int:

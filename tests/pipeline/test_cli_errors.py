@@ -84,8 +84,9 @@ def test_ui_stopped_by_a_signal_stops_everything_it_started(tmp_path):
     port = _closed_port()
     env = {**os.environ, "HOME": str(tmp_path), "TPIPE_HOME": str(tmp_path / "tpipe"), "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    out = open(tmp_path / "ui.out", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=out, stderr=subprocess.DEVNULL, start_new_session=True)
     started: list[psutil.Process] = []
     try:
         deadline = time.time() + 180
@@ -98,6 +99,9 @@ def test_ui_stopped_by_a_signal_stops_everything_it_started(tmp_path):
         assert proc.wait(timeout=30) != 0
         gone, alive = psutil.wait_procs(started, timeout=15)
         assert not alive, [p.cmdline() for p in alive]
+        # what to open, printed before `mlflow ui` starts, for a home where nothing ran yet
+        printed = (tmp_path / "ui.out").read_text().splitlines()
+        assert printed[1:3] == [f"open http://127.0.0.1:{port}", "  (no runs yet: `tpipe run smoke` makes some)"]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
