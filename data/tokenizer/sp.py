@@ -31,7 +31,8 @@ from data.tokenizer.errors import TokenizerFileError, TrainingError
 from data.io import write_atomic
 from data.tokenizer.files import dumps_vocab
 from data.tokenizer.pretokenize import text_to_bytes
-from data.tokenizer.tokenizer import FORMAT_VERSION, META_FILE, Tokenizer
+from data.tokenizer.sp_hf import sp_hf_json
+from data.tokenizer.tokenizer import FORMAT_VERSION, META_FILE, Tokenizer, hf_special_token_files
 
 log = logging.getLogger("tpipe.tokenizer")
 
@@ -247,10 +248,16 @@ class SentencePieceTokenizer(Tokenizer):
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path) -> Path:
-        """sentencepiece.model, vocab.json (for inspection) and tpipe_tokenizer.json, each written atomically."""
+        """sentencepiece.model, vocab.json (for inspection), the Hugging Face files (tokenizer.json,
+        tokenizer_config.json, special_tokens_map.json) and tpipe_tokenizer.json, each written atomically."""
         out = Path(out_dir)
         write_atomic(out / MODEL_FILE, self.model_proto)
         write_atomic(out / "vocab.json", dumps_vocab([self._sp.id_to_piece(i) for i in range(self.vocab_size)]))
+        hf = sp_hf_json(self.model_proto)
+        if hf is not None:  # a model trained elsewhere, with other text handling, gets none
+            write_atomic(out / "tokenizer.json", json.dumps(hf, ensure_ascii=False, indent=1) + "\n")
+            for name, content in hf_special_token_files(self.special_tokens).items():
+                write_atomic(out / name, json.dumps(content, ensure_ascii=False, indent=1) + "\n")
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
