@@ -40,7 +40,9 @@ def test_ids_and_specials(sp_tok):
 
 def test_save_load_and_edited_model(sp_tok, tmp_path):
     sp_tok.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sentencepiece.model", "tpipe_tokenizer.json", "vocab.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sentencepiece.model", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+        "tpipe_tokenizer.json", "vocab.json"]
     tok = load_tokenizer(tmp_path)
     assert tok.kind == "sentencepiece" and tok.fingerprint == sp_tok.fingerprint
     assert tok.encode("hello 中文") == sp_tok.encode("hello 中文")
