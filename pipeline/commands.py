@@ -192,9 +192,10 @@ def ui_pages(db: Path, base: str) -> list[str]:
             ).fetchall()
     except sqlite3.Error:  # no store yet (nothing has run), or not one MLflow wrote
         return lines + ["  (no runs yet: `tpipe run smoke` makes some)"]
-    width = max([len(name) for _, name in rows] + [0])
-    lines += [f"  runs of {name!s:{width}}  {base}/#/experiments/{eid}/runs" for eid, name in rows]
-    return lines + [f"  registered models{' ' * max(0, width - 9)}  {base}/#/models"]
+    pages = [(f"runs of {name}", f"{base}/#/experiments/{eid}/runs") for eid, name in rows]
+    pages.append(("registered models", f"{base}/#/models"))
+    width = max(len(label) for label, _ in pages)
+    return lines + [f"  {label:<{width}}  {url}" for label, url in pages]
 
 
 def run_process_group(cmd: list[str]) -> int:

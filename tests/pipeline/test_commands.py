@@ -19,8 +19,8 @@ def test_ui_pages_link_each_experiments_runs_table_newest_first(tmp_path):
     base = "http://127.0.0.1:5123"
     assert ui_pages(db, base) == [
         f"open {base}",
-        f"  runs of sweeps  {base}/#/experiments/{ids['sweeps']}/runs",
-        f"  runs of tpipe   {base}/#/experiments/{ids['tpipe']}/runs",
+        f"  runs of sweeps     {base}/#/experiments/{ids['sweeps']}/runs",
+        f"  runs of tpipe      {base}/#/experiments/{ids['tpipe']}/runs",
         f"  registered models  {base}/#/models",
     ]
 
