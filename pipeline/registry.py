@@ -187,7 +187,6 @@ def local_package(store_uri: str, model_uri: str) -> Path | None:
     load_context does with the folder found is the same `Translator(package)` (pipeline/pyfunc_model.py).
     """
     import sqlite3
-    from urllib.parse import unquote, urlparse
 
     if not store_uri.startswith("sqlite:///"):
         return None
@@ -207,10 +206,19 @@ def local_package(store_uri: str, model_uri: str) -> Path | None:
                                (name, int(version))).fetchall()
     except sqlite3.Error:  # another schema, a locked or broken file: MLflow's own message is better
         return None
-    if len(rows) != 1 or rows[0][1] != "READY" or not str(rows[0][0]).startswith("file://"):
+    if len(rows) != 1 or rows[0][1] != "READY":
         return None
-    package = Path(unquote(urlparse(rows[0][0]).path)) / "artifacts" / "package"
-    return package if (package / "model.safetensors").is_file() else None
+    return _package_in_place(str(rows[0][0]).rstrip("/") + "/artifacts/package")
+
+
+def _package_in_place(uri: str) -> Path | None:
+    """The package folder a file:// URI names, when this machine sees it (its weights are there)."""
+    from urllib.parse import unquote, urlparse
+
+    if not uri.startswith("file://"):
+        return None
+    folder = Path(unquote(urlparse(uri).path))
+    return folder if (folder / "model.safetensors").is_file() else None
 
 
 def package_uri(name: str, version: int) -> str:
@@ -227,12 +235,9 @@ def fetch_package(uri: str, tracking_uri: str) -> Path:
     Reading in place imports no MLflow: that and pyfunc's loading were 5 of the ~10 s a Ray Data
     actor took to start (torch 2.1 s, mlflow 2.3 s, pyfunc.load_model 2.7 s, on 2 cores).
     """
-    from urllib.parse import unquote, urlparse
-
-    if uri.startswith("file://"):
-        local = Path(unquote(urlparse(uri).path))
-        if (local / "model.safetensors").is_file():
-            return local
+    local = _package_in_place(uri)
+    if local is not None:
+        return local
     import mlflow
 
     from pipeline.tracking import setup_mlflow
