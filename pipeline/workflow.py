@@ -16,6 +16,7 @@ Ray Workflows was removed after Ray 2.47, so durability is ours:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -195,7 +196,14 @@ class PipelineRun:
                         "files": file_records(tmp)}, indent=2),
             encoding="utf-8",
         )
-        os.replace(tmp, final)  # atomic: the output appears complete or not at all
+        try:
+            os.replace(tmp, final)  # atomic: the output appears complete or not at all
+        except OSError as e:
+            # Another run sharing this artifact_root (its own home, so its own lock) finished the same
+            # fingerprint first. Steps are deterministic, so its output is this one's: keep it, whole.
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (final / MARKER).exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
         if self.remote is not None:
             self.remote.upload(final, step.name, key)  # marker last: complete there too, or not at all
         shutil.rmtree(final.with_name(f".{key}.old"), ignore_errors=True)

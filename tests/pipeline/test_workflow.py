@@ -147,3 +147,29 @@ def test_killed_attempts_temporary_folders_are_removed(run_dir):
     new_run(run_dir, make_steps(calls)).run()
     assert not killed.exists() and not legacy.exists()
     assert alive.exists()
+
+
+def test_a_step_finished_first_by_another_run_sharing_the_root_is_taken_not_a_crash(tmp_path):
+    """Two runs with different homes and one artifact_root (two users, or two benches) make the
+    same output at once: the one that finishes second keeps the first one's, whole, and goes on."""
+    for d in ("run", "other-run"):
+        (tmp_path / d).mkdir()
+    calls: list[str] = []
+    steps = make_steps(calls)
+    first_a = steps[0].fn
+
+    def a_while_another_run_finishes_it(ctx: StepContext):
+        # the other run (its own home, the same root) finishes step a while this one is still at it
+        other = PipelineRun(load_config("smoke"), [Step("a", first_a, ("data",))], tmp_path / "artifacts",
+                            tmp_path / "other-run", version="testcode")
+        other.run()
+        return first_a(ctx)
+
+    steps[0] = Step("a", a_while_another_run_finishes_it, ("data",))
+    out = PipelineRun(load_config("smoke"), steps, tmp_path / "artifacts", tmp_path / "run", version="testcode").run()
+    assert calls == ["a", "a", "b", "c"]
+    assert (out["c"].out_dir / "value.txt").read_text() == "c(b(a()))"
+    siblings = sorted(p.name for p in out["a"].out_dir.parent.iterdir())
+    assert siblings == [out["a"].key], siblings  # no temporary folder left behind
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["steps"]["a"]["state"] == "done"
