@@ -37,6 +37,13 @@ class ReportOnValidation(_report_callback_base()):
         if not trainer.sanity_checking:
             super().on_train_epoch_end(trainer, pl_module)
 
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        # Ray's callback stages each report in a folder under this prefix in the node's temp dir and
+        # removes the folder, not the prefix: one empty folder per rank and run would pile up in /tmp.
+        import shutil
+
+        shutil.rmtree(self.tmpdir_prefix, ignore_errors=True)
+
 
 class _Batches:
     """The loader as a plain iterable (no state_dict), so Lightning leaves its state to TrainingState."""

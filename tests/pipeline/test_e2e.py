@@ -41,9 +41,9 @@ def first_run(home):
     from pipeline.runner import run_pipeline
 
     cfg = load_config("smoke")
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     out = run_pipeline(cfg, quiet=True)
-    out["seconds"] = time.perf_counter() - t0
+    out["seconds"], out["started"] = time.perf_counter() - t0, started
     return out
 
 
@@ -59,6 +59,12 @@ def test_every_step_ran_and_wrote_its_output(first_run):
     pkg = results["register"].out_dir / "package"
     for f in ("model.safetensors", "model_config.json", "generation.json", "tokenizer", "lineage.json", "README.md"):
         assert (pkg / f).exists(), f
+    # the workers leave nothing in the machine's temp dir (Ray's Lightning callback stages reports there)
+    import tempfile
+
+    left = [p for p in Path(tempfile.gettempdir()).glob(f"lightning_checkpoints-*-name=train-{results['train'].key}-*")
+            if p.stat().st_mtime >= first_run["started"]]  # (not another run's, from before this one)
+    assert not left, left
 
 
 def test_registered_with_aliases_and_tracked(first_run):
