@@ -249,6 +249,31 @@ def fit_in_a_thread(trainer):
     return outcome["result"]
 
 
+def _torch_trainer_class():
+    """TorchTrainer; outside a sweep, without Ray Train's placement-group cleaner.
+
+    Ray 2.60 starts a detached PlacementGroupCleaner beside each run's controller. It asks the
+    dashboard's State API every few seconds whether the controller lives, and reads an empty answer
+    as "dead" (a known false positive, noted in the review of ray-project/ray#65447): on a busy machine, where the State API
+    answers late or empty, it removes the live run's placement group and Ray kills the workers
+    mid-training (seen here at load 16 on 2 cores: "Destroying worker since its placement group was
+    removed", 25 minutes of training lost before the first checkpoint). Outside Tune nothing needs
+    it: the placement group belongs to this run's driver and goes with it. Inside a `tpipe sweep`
+    trial it stays, because a trial that Tune stops would otherwise hold its CPUs until the sweep ends.
+    """
+    from ray.train.torch import TorchTrainer
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    if _in_tune_session():
+        return TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if type(c).__name__ != "PlacementGroupCleanerCallback"]
+
+    return Trainer
+
+
 def run_training(
     cfg: PipelineConfig,
     *,
@@ -270,11 +295,11 @@ def run_training(
     import shutil
 
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     tcfg = cfg.train
     inject_kill = worker_kill(os.path.join(str(storage_path), name))  # for fault-tolerance tests
-    trainer = TorchTrainer(
+    trainer = _torch_trainer_class()(
         train_func,
         train_loop_config={
             "pipeline": cfg.to_dict(),

@@ -65,6 +65,12 @@ def test_every_step_ran_and_wrote_its_output(first_run):
     left = [p for p in Path(tempfile.gettempdir()).glob(f"lightning_checkpoints-*-name=train-{results['train'].key}-*")
             if p.stat().st_mtime >= first_run["started"]]  # (not another run's, from before this one)
     assert not left, left
+    # no placement-group cleaner outside a sweep: on a busy machine it kills live runs (pipeline/train.py)
+    import ray
+    from ray.util.state import list_actors
+
+    here = ray.get_runtime_context().gcs_address  # this module's Ray (others may run on the machine)
+    assert not list_actors(address=here, filters=[("class_name", "=", "PlacementGroupCleaner")], detail=False)
 
 
 def test_registered_with_aliases_and_tracked(first_run):
