@@ -9,6 +9,7 @@ Each round starts, in a rotating order so the machine's drift falls on all of th
   local store       `tpipe translate` on the version found in TPIPE_HOME's sqlite store (tpipe's default)
   via mlflow        MLFLOW_TRACKING_URI pointed at that same store: MLflow's client and pyfunc load it
                     (what every server store takes)
+  (--compare-tree)  the local-store translate with another checkout's code (before/after a change)
   phases            the local-store path in one process with a timer per phase (start, imports,
                     parsing, resolving the URI, building the model, weights, tokenizer, decoding)
 Each process gets an empty numba cache folder (NUMBA_CACHE_DIR), as on a machine where nothing was
@@ -41,6 +42,8 @@ WAYS = ("python", "import torch", "local store", "via mlflow", "phases")
 
 
 def command(way: str, model_uri: str) -> list[str]:
+    if way.startswith("local store, code of "):
+        return [sys.executable, "-m", "pipeline.cli", "translate", model_uri, SENTENCE]
     return {
         "python": [sys.executable, "-c", "pass"],
         "import torch": [sys.executable, "-c", "import torch"],
@@ -52,7 +55,8 @@ def command(way: str, model_uri: str) -> list[str]:
 
 def one_run(way: str, model_uri: str) -> dict:
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(ROOT)}
+        code = way.removeprefix("local store, code of ") if way.startswith("local store, code of ") else ROOT
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(code)}
         env.pop("MLFLOW_TRACKING_URI", None)
         if way == "via mlflow":
             env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(os.environ['TPIPE_HOME']).resolve()}/mlflow.db"
@@ -157,6 +161,9 @@ def main() -> int:
     ap.add_argument("model_uri")
     ap.add_argument("--runs", type=int, default=7, help="rounds (default 7); medians over them")
     ap.add_argument("--skip-mlflow", action="store_true", help="leave out the MLflow path (the slowest)")
+    ap.add_argument("--compare-tree", default=None, metavar="DIR",
+                    help="also the local-store translate with the code of another checkout, e.g. an older commit "
+                         "(git archive COMMIT | tar -x -C DIR)")
     ap.add_argument("--threads", action="store_true", help="time decoding on 1 thread vs torch's default instead")
     ap.add_argument("--phases-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -170,6 +177,8 @@ def main() -> int:
         print(json.dumps({"model_uri": args.model_uri, **figures, "load_average": os.getloadavg()[0]}))
         return 0
     ways = [w for w in WAYS if not (args.skip_mlflow and w == "via mlflow")]
+    if args.compare_tree:
+        ways.append(f"local store, code of {Path(args.compare_tree).resolve()}")
     runs: dict[str, list[dict]] = {w: [] for w in ways}
     load: list[float] = []
     for i in range(args.runs):

@@ -19,7 +19,6 @@ errors are instant.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -44,7 +43,9 @@ def _command(name: str):
     pipeline's dataclasses) is no part of `tpipe translate`'s cold start."""
 
     def run(args) -> int:
-        return getattr(importlib.import_module("pipeline.commands"), name)(args)
+        from pipeline import commands
+
+        return getattr(commands, name)(args)
 
     return run
 
