@@ -61,9 +61,9 @@ def _decode_on_one_thread() -> None:
 
     A decoding step is a few small matrix products; torch's default of one thread per core costs
     more in handing each of them out and waiting for the other threads than it saves, and on a
-    busy machine a descheduled thread stalls every step. Shared 2-core machine, tiny model: one
-    sentence 0.03 s on 1 thread vs 0.2 s on 2, 64 sentences 0.4-0.9 s vs 3-8 s
-    (bench/translate.py --threads). Many sentences go faster as the Ray Data path does it:
+    busy machine a descheduled thread stalls every step. Shared 2-core machine, tiny model, load
+    average 5 / 14: one sentence 0.03 / 0.36 s on 1 thread vs 0.2 / 2.7 s on 2, 64 sentences
+    0.4 / 1.3 s vs 3 / 31 s (bench/translate.py --threads). Many go faster as the Ray Data path does it:
     more one-thread decoders (pipeline/batch_translate.py), not more threads in one.
     """
     if "OMP_NUM_THREADS" not in os.environ:
