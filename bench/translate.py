@@ -62,7 +62,8 @@ def one_run(way: str, model_uri: str) -> dict:
             env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(os.environ['TPIPE_HOME']).resolve()}/mlflow.db"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc = subprocess.run(command(way, model_uri), env=env, capture_output=True, text=True)
+        # cwd: `python -m` puts the working directory before PYTHONPATH
+        proc = subprocess.run(command(way, model_uri), env=env, cwd=code, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
