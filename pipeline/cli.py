@@ -23,8 +23,7 @@ import os
 import sys
 
 from data.errors import UserError
-from pipeline import commands, model_commands
-from pipeline.config import ConfigError
+from pipeline import model_commands
 from pipeline.tracking import TrackingUnreachable
 
 ITEMS_HELP = "an optional config (a name in conf/ such as 'default' or 'smoke', or a .yaml path) then key.sub=value overrides"
@@ -37,6 +36,18 @@ def _version() -> str:
         return version("transformer-pipeline")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "(not installed)"
+
+
+def _command(name: str):
+    """pipeline.commands.NAME, imported when that command runs: its config machinery (yaml, the
+    pipeline's dataclasses) is no part of `tpipe translate`'s cold start."""
+
+    def run(args) -> int:
+        from pipeline import commands
+
+        return getattr(commands, name)(args)
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +83,7 @@ def _add_pipeline_commands(sub) -> None:
     r.add_argument("--from", dest="from_step", default=None, help="re-run from this step (earlier steps are reused)")
     r.add_argument("--until", dest="until_step", default=None, help="stop after this step")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON at the end")
-    r.set_defaults(func=commands.cmd_run)
+    r.set_defaults(func=_command("cmd_run"))
 
     sw = sub.add_parser("sweep", help="search hyperparameters on Ray Tune; register and evaluate the best trial",
                         description="Trials of the pipeline's train step on Ray Tune (ASHA on validation loss), over a "
@@ -82,16 +93,16 @@ def _add_pipeline_commands(sub) -> None:
                     help="config keys to search: 'train.lr: {loguniform: [1e-4, 1e-2]}', choice, uniform, grid")
     sw.add_argument("--trials", type=int, default=4, help="trials drawn per grid point (default 4)")
     sw.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    sw.set_defaults(func=commands.cmd_sweep)
+    sw.set_defaults(func=_command("cmd_sweep"))
 
     c = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     c.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help=ITEMS_HELP)
     c.add_argument("--keys", action="store_true", help="list every config key, its value in this config and what it means")
-    c.set_defaults(func=commands.cmd_config)
+    c.set_defaults(func=_command("cmd_config"))
 
     s = sub.add_parser("status", help="steps of a pipeline run (the latest by default)")
     s.add_argument("run", nargs="?", help="run folder name (or a prefix) under $TPIPE_HOME/runs")
-    s.set_defaults(func=commands.cmd_status)
+    s.set_defaults(func=_command("cmd_status"))
 
 
 def _add_model_commands(sub) -> None:
@@ -130,7 +141,7 @@ def _add_model_commands(sub) -> None:
 
     u = sub.add_parser("ui", help="open the MLflow UI for the configured store on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
-    u.set_defaults(func=commands.cmd_ui)
+    u.set_defaults(func=_command("cmd_ui"))
 
 
 def _add_cluster_commands(sub) -> None:
@@ -145,13 +156,13 @@ def _add_cluster_commands(sub) -> None:
     sb.add_argument("--tracking-uri", default=None,
                     help="the MLflow server as the cluster reaches it, e.g. http://mlflow:5000 when this shell "
                          "reaches it through a port-forward (default: $MLFLOW_TRACKING_URI)")
-    sb.set_defaults(func=commands.cmd_submit)
+    sb.set_defaults(func=_command("cmd_submit"))
 
     j = sub.add_parser("jobs", help="list, inspect, read or stop submitted jobs")
     j.add_argument("action", choices=["list", "status", "logs", "stop"], help="list jobs, or the status, logs or stop of one")
     j.add_argument("job_id", nargs="?", help="submission id (not for list)")
     j.add_argument("--address", default=None, help="the cluster's job API (default $RAY_ADDRESS)")
-    j.set_defaults(func=commands.cmd_jobs)
+    j.set_defaults(func=_command("cmd_jobs"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         # A failure the user caused: one line naming what is wrong; the traceback only with --debug.
         if args.debug:
             raise
+        from pipeline.config_schema import ConfigError  # imports yaml: only when something failed
+
         print(f"tpipe: {'config error: ' if isinstance(e, ConfigError) else ''}{e}", file=sys.stderr)
         return 3 if isinstance(e, TrackingUnreachable) else e.exit_code
     except KeyboardInterrupt:
