@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.io import is_remote, local_path
+from data.io import atomic_path, is_remote, local_path
 
 MARKER = "_COMPLETE.json"  # the same name as a step's completion marker (pipeline/workflow.py)
 
@@ -120,8 +120,9 @@ def publish(local_dir: str, part: str) -> str:
     prefix = join_uri(part, uuid.uuid4().hex[:12])
     fs, base = open_uri(prefix)
     files = sorted(p.relative_to(local_dir).as_posix() for p in Path(local_dir).rglob("*") if p.is_file())
-    for folder in sorted({"", *(rel.rpartition("/")[0] for rel in files)}):  # a local store needs its folders
-        fs.create_dir(f"{base}/{folder}".rstrip("/"), recursive=True)
+    if fs.type_name == "local":  # a folder store needs its folders; an object store has none to make
+        for folder in sorted({"", *(rel.rpartition("/")[0] for rel in files)}):
+            fs.create_dir(f"{base}/{folder}".rstrip("/"), recursive=True)
     for rel in files:
         with open(os.path.join(local_dir, rel), "rb") as r, fs.open_output_stream(f"{base}/{rel}") as w:
             shutil.copyfileobj(r, w, 1 << 20)
@@ -134,8 +135,6 @@ def collect(prefix: str, wanted: dict[str, str]) -> None:
     """Driver side: download files of a published task output, {name under prefix: local path}, each
     written atomically; refuses an output whose marker is missing (an upload cut short)."""
     import pyarrow.fs as pafs
-
-    from data.io import atomic_path
 
     fs, base = open_uri(prefix)
     if fs.get_file_info(f"{base}/{MARKER}").type != pafs.FileType.File:

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
-from data.io import sha256_file, write_json_atomic
 from data.exchange import Exchange
+from data.io import sha256_file, write_json_atomic
 from pipeline.artifacts import RemoteRoot
 from pipeline.config import PipelineConfig
 
