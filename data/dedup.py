@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.config import DataConfig
+from data.exchange import download, publish
 from data.ingest import PARTIAL_SCHEMA
 from data.io import atomic_path, sha256_file
 from data.report import HIST_CHARS
@@ -76,3 +78,23 @@ def write_shard(
         "hist": hist,
         "longest": longest,
     }
+
+
+def write_shard_published(
+    shard: int, partials: list[str], unit_where: list[str], cfg_d: dict, part: str, write_rejects: bool
+) -> dict:
+    """write_shard as a task on a node without the driver's disk (data/exchange.py): each unit's partial
+    for this shard is downloaded from the URI in `partials` ("" where the unit has none), the shard and
+    its rejects are written in a scratch folder of this node and published under `part`; the result
+    says where (`at`)."""
+    with tempfile.TemporaryDirectory(prefix="tpipe-shard-") as scratch:
+        unit_dirs = [os.path.join(scratch, "units", str(u)) for u in range(len(partials))]
+        for d, uri in zip(unit_dirs, partials):
+            if uri:
+                download(uri, os.path.join(d, f"s{shard:05d}.arrow"))
+        out = os.path.join(scratch, "out")
+        os.makedirs(out)
+        result = write_shard(shard, unit_dirs, unit_where, cfg_d, out, os.path.join(out, f"shard-{shard:05d}.parquet"),
+                             write_rejects)
+        result["at"] = publish(out, part)
+    return result

@@ -4,7 +4,9 @@ max_tokens_per_side, and writes list<int32> id columns per split (TOKEN_SCHEMA):
     raw shard-00003.parquet -> encode_dir/{train,valid,test}/part-00003.parquet (+ rejects/part-00003.jsonl)
 
 Files are written atomically, the manifest (`_manifest.json`) last; a shard whose raw content, tokenizer
-fingerprint, config hash and max_tokens_per_side are unchanged is reused.
+fingerprint, config hash and max_tokens_per_side are unchanged is reused. With a remote Exchange
+(data/exchange.py) a task reads the raw shard and the tokenizer at their URIs and publishes its parts,
+which the driver collects into out_dir.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -20,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data.exchange import Exchange, collect, local_copy, publish
 from data.faults import maybe_kill
 from data.io import MANIFEST, read_json, sha256_file, tmp_path_for, write_json_atomic
 from data.shards import FORMAT_VERSION, SPLITS, TOKEN_SCHEMA, outputs_intact
@@ -149,6 +153,22 @@ def encode_shard(
     }
 
 
+def encode_shard_published(raw_location: str, shard: int, tokenizer_location: str, part: str, *args) -> dict:
+    """encode_shard as a task on a node without the driver's disk: inputs from their URIs (this node's
+    cache), outputs written in a scratch folder of this node and published under `part`; the result
+    says where (`at`)."""
+    with tempfile.TemporaryDirectory(prefix="tpipe-encode-") as scratch:
+        result = encode_shard(local_copy(raw_location), shard, local_copy(tokenizer_location), scratch, *args)
+        result["at"] = publish(scratch, part)
+    return result
+
+
+def _collect_shard(result: dict, out_dir: str) -> None:
+    """The driver's copy of a published shard's parts, at the paths encode_shard gives them."""
+    names = [f["file"] for f in result["files"].values()] + ([result["rejects_file"]] if result["rejects_file"] else [])
+    collect(result.pop("at"), {n: os.path.join(out_dir, n) for n in names})
+
+
 def _reusable(manifest_path: str, metadata: dict[str, str], write_rejects: bool) -> dict[str, dict]:
     """raw shard sha256 -> the earlier run's entry for it, when that run used the same settings."""
     if os.path.exists(manifest_path):
@@ -205,15 +225,18 @@ def encode_shards(
     config_hash: str,
     tokenizer_loader: Callable[[str], Any] | None = None,
     write_rejects: bool = False,
+    exchange: Exchange | None = None,
 ) -> dict:
     """Tokenize every raw shard in its own Ray task; returns the token manifest (also out_dir/_manifest.json).
 
     `tokenizer_loader(dir) -> Tokenizer` defaults to data.tokenizer.load_tokenizer; tests pass a
     stand-in. `write_rejects` also writes the rows rejected for too many tokens to
     out_dir/rejects.jsonl (raw shard file and row, token counts, text). A shard is re-encoded only when its raw content, the tokenizer fingerprint,
-    config_hash or max_tokens_per_side changed.
+    config_hash or max_tokens_per_side changed. `exchange` says where the tasks run and how they pass
+    files (data/exchange.py); by default they read and write these folders.
     """
     ray = require_ray()
+    exchange = exchange or Exchange()
     raw_manifest_path = os.path.join(raw_dir, MANIFEST)
     if not os.path.exists(raw_manifest_path):
         raise FileNotFoundError(f"{raw_manifest_path} does not exist; run prepare_raw_shards first")
@@ -231,7 +254,7 @@ def encode_shards(
     old_by_raw = _reusable(manifest_path, metadata, write_rejects)
     if os.path.exists(manifest_path):  # unfinished until the new manifest is written
         os.remove(manifest_path)
-    encode = ray.remote(num_cpus=1)(encode_shard)
+    encode = exchange.task(ray, encode_shard_published if exchange.remote else encode_shard)
     shards: list[dict] = [{} for _ in raw_manifest["shards"]]
     pending: dict[int, Any] = {}
     for i, raw in enumerate(raw_manifest["shards"]):
@@ -239,12 +262,18 @@ def encode_shards(
         if prev is not None and prev["shard"] == i and outputs_intact(out_dir, list(prev["files"].values())):
             shards[i] = dict(prev, reused=True)
         else:
-            raw_path = os.path.join(raw_dir, raw["file"])
+            raw_path = exchange.location(os.path.join(raw_dir, raw["file"]))
             pending[i] = encode.remote(
-                raw_path, i, tokenizer_dir, out_dir, max_tokens_per_side, metadata, loader, write_rejects
+                raw_path, i, exchange.location(tokenizer_dir), exchange.part("parts") if exchange.remote else out_dir,
+                max_tokens_per_side, metadata, loader, write_rejects,
             )
-    for i, r in zip(pending, gather(ray, list(pending.values()), "encode", "shards")):
-        shards[i] = dict(r, reused=False, raw_sha256=raw_manifest["shards"][i]["sha256"])
+    try:
+        for i, r in zip(pending, gather(ray, list(pending.values()), "encode", "shards")):
+            if exchange.remote:
+                _collect_shard(r, out_dir)
+            shards[i] = dict(r, reused=False, raw_sha256=raw_manifest["shards"][i]["sha256"])
+    finally:
+        exchange.remove_stage()
     _remove_stale(out_dir, shards, write_rejects)
     rejects_file = None
     if write_rejects:

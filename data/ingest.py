@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from typing import IO, Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from data.cleaning import REJECT_REASONS, as_text, clean_batch, pair_key, split_of_value, splits_of
 from data.config import DataConfig
+from data.exchange import publish
 from data.io import tmp_path_for, write_json_atomic
 from data.shards import SPLITS
 from data.sources import read_batches, read_split_values
@@ -139,4 +141,14 @@ def ingest_unit(unit_d: dict, cfg_d: dict, unit_dir: str, write_rejects: bool, s
         os.rename(work_dir, unit_dir)
     except OSError:  # the same unit finished concurrently (two runs): theirs is identical
         shutil.rmtree(work_dir, ignore_errors=True)
+    return result
+
+
+def ingest_unit_published(unit_d: dict, cfg_d: dict, part: str, write_rejects: bool, seed: int = 0) -> dict:
+    """ingest_unit as a task on a node without the driver's disk (data/exchange.py): the unit's folder
+    is written in a scratch folder of this node and published under `part`; the result says where (`at`)."""
+    with tempfile.TemporaryDirectory(prefix="tpipe-ingest-") as scratch:
+        unit_dir = os.path.join(scratch, "unit")
+        result = ingest_unit(unit_d, cfg_d, unit_dir, write_rejects, seed)
+        result["at"] = publish(unit_dir, part)
     return result

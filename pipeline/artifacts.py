@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
-
-from data.io import is_remote
 
 MARKER = "_COMPLETE.json"  # the workflow's completion marker (pipeline/workflow.py)
 
@@ -99,69 +96,6 @@ class RemoteRoot:
                 shutil.copyfileobj(r, w, 1 << 20)
 
 
-# ---- the per-node cache: what workers on other machines read from a remote root --------------
-def node_cache_dir() -> Path:
-    """This node's cache of remote files: $TPIPE_NODE_CACHE, else a folder in the node's temp dir.
-
-    It is never the driver's $TPIPE_HOME: on a cluster without a shared volume, that folder exists
-    on the driver's machine only.
-    """
-    configured = os.environ.get("TPIPE_NODE_CACHE")
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / f"tpipe-node-cache-{os.getuid()}"
-
-
-_FILESYSTEMS: dict[str, object] = {}
-
-
-def _open_uri(uri: str):
-    """(pyarrow filesystem, path) of a URI; one filesystem per store and settings, reused."""
-    import pyarrow.fs as pafs
-
-    scheme_host = uri.split("?", 1)[0].split("/", 3)[:3]
-    store = "/".join(scheme_host) + "?" + uri.partition("?")[2]
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return _FILESYSTEMS.setdefault(store, fs), path
-
-
-def local_copy(location: str) -> str:
-    """A local path holding `location`: the path itself when local, else a copy in this node's cache.
-
-    A remote file or folder is fetched once per node and version: the cache entry is named after
-    its URI, size and modification time, so a re-written object gets a new entry and readers of the
-    old one are never disturbed. Several processes of one node may fetch at once; each downloads
-    into a temporary folder renamed into place, and the first rename wins.
-    Example: local_copy("s3://b/art/encode/k1/train/shard-00000.parquet?scheme=http")
-    -> "/tmp/tpipe-node-cache-1000/3f2a9c0d1e5b7a44/shard-00000.parquet"
-    """
-    import hashlib
-
-    import pyarrow.fs as pafs
-
-    if not is_remote(location):
-        return location
-    fs, path = _open_uri(location)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        files = [info]
-    elif info.type == pafs.FileType.Directory:
-        files = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.type == pafs.FileType.File]
-    else:
-        raise FileNotFoundError(f"{location} does not exist")
-    identity = [location.split("?", 1)[0]] + [f"{i.path}|{i.size}|{i.mtime_ns}" for i in files]
-    entry = node_cache_dir() / hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
-    if not entry.exists():
-        tmp = entry.with_name(f".{entry.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
-        try:
-            for i in files:
-                target = tmp / (os.path.relpath(i.path, path) if i is not info else os.path.basename(path))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with fs.open_input_stream(i.path) as r, open(target, "wb") as w:
-                    shutil.copyfileobj(r, w, 1 << 20)
-            os.rename(tmp, entry)
-        except OSError:
-            if not entry.exists():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(entry / os.path.basename(path)) if info.type == pafs.FileType.File else str(entry)
+# The per-node cache (what tasks and workers on other machines read from a remote root) lives with
+# the data steps' exchange of files (data/exchange.py), which uses it too; importable from here as before.
+from data.exchange import local_copy, node_cache_dir  # noqa: E402,F401

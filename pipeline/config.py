@@ -151,6 +151,11 @@ class RayConfig:
 
     address: str | None = field(default=None, metadata={"help": "None: start a local Ray (or RAY_ADDRESS)"})
     num_cpus: int | None = field(default=None, metadata={"min": 1, "help": "CPUs of a local Ray (None: all)"})
+    task_resource: str = field(
+        default="", metadata={"help": "a custom Ray resource (`ray start --resources`) each task of the data steps "
+                                      "asks one unit of, to keep them on the nodes that offer it; empty: none "
+                                      "(train.node_resource places the training workers)"}
+    )
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pipeline.workflow import Step, StepContext, ray_storage
 def prepare(ctx: StepContext) -> dict[str, Any]:
     from data.prepare import prepare_raw_shards
 
-    report = prepare_raw_shards(ctx.cfg.data, str(ctx.out_dir), seed=ctx.cfg.seed)
+    report = prepare_raw_shards(ctx.cfg.data, str(ctx.out_dir), seed=ctx.cfg.seed, exchange=ctx.exchange())
     return {
         "input": report.get("input"),
         "kept": report.get("kept"),
@@ -33,7 +33,8 @@ def prepare(ctx: StepContext) -> dict[str, Any]:
 def tokenizer(ctx: StepContext) -> dict[str, Any]:
     from data.tokenizer import train_tokenizer
 
-    tok = train_tokenizer(ctx.cfg.tokenizer, raw_shards(ctx.input_dir("prepare")), text_columns=("src", "tgt"), split="train")
+    tok = train_tokenizer(ctx.cfg.tokenizer, raw_shards(ctx.input_dir("prepare")), text_columns=("src", "tgt"),
+                          split="train", exchange=ctx.exchange())
     tok.save(ctx.out_dir)
     return {"vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint}
 
@@ -49,6 +50,7 @@ def encode(ctx: StepContext) -> dict[str, Any]:
         max_tokens_per_side=ctx.cfg.data.max_tokens_per_side,
         config_hash=ctx.cfg.fingerprint("data", "tokenizer"),
         write_rejects=ctx.cfg.data.write_rejects,
+        exchange=ctx.exchange(),
     )
     return {"rows": {split: sum(s["rows"] for s in shards) for split, shards in manifest["splits"].items()}}
 

@@ -90,9 +90,9 @@ def open_inputs(config: dict[str, Any], cfg: PipelineConfig, rank: int, world: i
 
     Inputs may be URIs (a remote artifact root): fetched once per node into its own cache.
     """
+    from data.exchange import local_copy
     from data.loader import TokenBatchLoader
     from data.tokenizer import load_tokenizer
-    from pipeline.artifacts import local_copy
 
     m = cfg.model
     kw = dict(max_tokens=cfg.train.max_tokens, rank=rank, world_size=world, pad_id=m.pad_id, bos_id=m.bos_id,

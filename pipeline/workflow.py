@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
+from data.exchange import Exchange
 from data.io import sha256_file, write_json_atomic
 from pipeline.artifacts import RemoteRoot
 from pipeline.config import PipelineConfig
@@ -91,6 +92,18 @@ class StepContext:
         if self.run.remote is not None:
             return self.run.remote.uri_of(step, result.key, rel)
         return str(result.out_dir / rel) if rel else str(result.out_dir)
+
+    def exchange(self) -> Exchange:
+        """How this step's data tasks reach their inputs and hand back outputs (data/exchange.py): through
+        the remote artifact root when there is one (a task's node may not have this disk), under a
+        stage of this attempt's own, `<root>/<step>/.tasks-<attempt>`; else through the local folders."""
+        resource = self.cfg.ray.task_resource
+        remote = self.run.remote
+        if remote is None:
+            return Exchange(resource=resource)
+        inputs = tuple((str(r.out_dir), remote.uri_of(name, r.key)) for name, r in self.inputs.items())
+        stage = remote.uri_of(self.final_dir.parent.name, f".tasks-{self.out_dir.name.lstrip('.')}")
+        return Exchange(stage=stage, resource=resource, inputs=inputs)
 
 
 @dataclass

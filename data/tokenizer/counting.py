@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 
+from data.exchange import Exchange, local_copy
 from data.tokenizer.pretokenize import compiled, cut_long, special_splitter, text_to_bytes
 
 # A text file larger than this is cut into several ranges (tasks) even when fewer workers are asked for.
@@ -64,10 +65,11 @@ def peak_rss_mb() -> float:
 class Chunk:
     """One unit of counting work: a byte range of a text file, or a whole Parquet file."""
 
-    path: str
+    path: str  # as the driver names it (what the tokenizer's metadata records)
     kind: str  # "text" | "parquet"
     start: int = 0
     end: int = -1
+    location: str = ""  # where a task opens it, when not at `path`: its URI on a remote artifact root
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ def plan_chunks(inputs: list[str], n_tasks: int) -> list[Chunk]:
     return chunks
 
 
+def for_tasks(chunks: list[Chunk], exchange: Exchange) -> list[Chunk]:
+    """The chunks as Ray tasks open them: an earlier step's file at its URI (data/exchange.py)."""
+    return [replace(c, location=exchange.location(c.path)) if exchange.remote else c for c in chunks]
+
+
 def _is_parquet(path: str) -> bool:
     return path.endswith((".parquet", ".pq"))
 
@@ -121,13 +128,14 @@ def _text_ranges(path: str, size: int, parts: int) -> list[Chunk]:
 
 def iter_texts(chunk: Chunk, reader: Reader, stats: CountStats):
     """Yield blocks (lists of texts) of one chunk; updates `stats` (texts, bytes, invalid UTF-8 lines)."""
+    path = local_copy(chunk.location) if chunk.location else chunk.path  # a URI: this node's copy
     if chunk.kind == "parquet":
-        for block in _parquet_blocks(chunk.path, reader):
+        for block in _parquet_blocks(path, reader):
             stats.texts += len(block)
             stats.bytes += sum(len(text_to_bytes(t)) for t in block)
             yield block
         return
-    with open(chunk.path, "rb") as fh:
+    with open(path, "rb") as fh:
         fh.seek(chunk.start)
         left = chunk.end - chunk.start
         while left > 0:
@@ -234,11 +242,13 @@ def count_pretokens(
     max_chars: int,
     reader: Reader,
     n_tasks: int,
+    exchange: Exchange | None = None,
 ) -> tuple[dict[bytes, int], CountStats, int]:
     """Count pre-tokens over all inputs -> (counts, stats, number of tasks used).
 
     With Ray initialised, one task per chunk and a tree of pairwise sums; otherwise in this process.
-    The result does not depend on how the work was cut.
+    The result does not depend on how the work was cut. `exchange` places the tasks and hands them
+    the URIs of inputs on a remote artifact root (data/exchange.py).
     """
     from data.progress import Progress
 
@@ -247,9 +257,10 @@ def count_pretokens(
     import ray
 
     if ray.is_initialized():
-        count_task = ray.remote(num_cpus=1)(count_chunk)
-        sum_task = ray.remote(num_cpus=1)(sum_counts)
-        refs = [count_task.remote(c, pattern, specials, max_chars, reader) for c in chunks]
+        exchange = exchange or Exchange()
+        count_task = exchange.task(ray, count_chunk)
+        sum_task = exchange.task(ray, sum_counts)
+        refs = [count_task.remote(c, pattern, specials, max_chars, reader) for c in for_tasks(chunks, exchange)]
         counting = list(refs)
         while len(refs) > 1:  # a tree: no single task receives every shard's counts
             nxt = [sum_task.remote(refs[i], refs[i + 1]) for i in range(0, len(refs) - 1, 2)]

@@ -25,10 +25,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from data.tokenizer.config import TokenizerConfig
-from data.tokenizer.counting import Chunk, CountStats, Reader, iter_texts, plan_chunks
-from data.tokenizer.errors import TokenizerFileError, TrainingError
+from data.exchange import Exchange
 from data.io import write_atomic
+from data.tokenizer.config import TokenizerConfig
+from data.tokenizer.counting import Chunk, CountStats, Reader, for_tasks, iter_texts, plan_chunks
+from data.tokenizer.errors import TokenizerFileError, TrainingError
 from data.tokenizer.files import dumps_vocab
 from data.tokenizer.pretokenize import text_to_bytes
 from data.tokenizer.sp_hf import sp_hf_json
@@ -59,14 +60,16 @@ def merge_samples(a, b, k: int):
     return heapq.nsmallest(k, list(heapq.merge(a[0], b[0]))), a[1].add(b[1])
 
 
-def draw_sample(inputs: list[str], reader: Reader, k: int, n_tasks: int) -> tuple[list[str], CountStats]:
+def draw_sample(inputs: list[str], reader: Reader, k: int, n_tasks: int,
+                exchange: Exchange | None = None) -> tuple[list[str], CountStats]:
     chunks = plan_chunks(inputs, n_tasks)
     import ray
 
     if ray.is_initialized():
-        task = ray.remote(num_cpus=1)(sample_chunk)
-        merge = ray.remote(num_cpus=1)(merge_samples)
-        refs = [task.remote(c, reader, k) for c in chunks]
+        exchange = exchange or Exchange()
+        task = exchange.task(ray, sample_chunk)
+        merge = exchange.task(ray, merge_samples)
+        refs = [task.remote(c, reader, k) for c in for_tasks(chunks, exchange)]
         while len(refs) > 1:
             nxt = [merge.remote(refs[i], refs[i + 1], k) for i in range(0, len(refs) - 1, 2)]
             if len(refs) % 2:
@@ -80,13 +83,14 @@ def draw_sample(inputs: list[str], reader: Reader, k: int, n_tasks: int) -> tupl
     return [t for _, t in best], stats
 
 
-def train_sentencepiece(cfg: TokenizerConfig, inputs: list[str], reader: Reader) -> SentencePieceTokenizer:
+def train_sentencepiece(cfg: TokenizerConfig, inputs: list[str], reader: Reader,
+                        exchange: Exchange | None = None) -> SentencePieceTokenizer:
     import sentencepiece as spm
 
     specials = list(cfg.special_tokens)
     if len(specials) < 4:
         raise ValueError("tokenizer.kind sentencepiece needs an unknown token: tokenizer.special_tokens[3] (e.g. '<unk>')")
-    sample, stats = draw_sample(inputs, reader, cfg.sp_sample_lines, cfg.num_workers)
+    sample, stats = draw_sample(inputs, reader, cfg.sp_sample_lines, cfg.num_workers, exchange)
     if not sample:
         raise TrainingError(
             f"tokenizer training inputs hold no text ({stats.texts} texts in {', '.join(inputs)}); nothing to learn from"

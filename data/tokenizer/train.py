@@ -15,6 +15,7 @@ import logging
 import time
 from pathlib import Path
 
+from data.exchange import Exchange
 from data.tokenizer.bpe import merge_backend
 from data.tokenizer.bpe_files import BPE_KINDS, load_bpe
 from data.tokenizer.config import TokenizerConfig
@@ -33,14 +34,18 @@ def train_tokenizer(
     *,
     text_columns: tuple[str, ...] = ("src", "tgt"),
     split: str | None = "train",
+    exchange: Exchange | None = None,
 ) -> Tokenizer:
-    """Train the tokenizer `cfg.kind` on `inputs` (Parquet files or one-text-per-line files)."""
+    """Train the tokenizer `cfg.kind` on `inputs` (Parquet files or one-text-per-line files).
+
+    `exchange` places the Ray tasks and hands them the inputs' URIs on a remote artifact root
+    (data/exchange.py); by default they open `inputs` where they are."""
     reader = Reader(tuple(text_columns), split)
     inputs = [str(p) for p in inputs]
     if cfg.kind == "sentencepiece":
         from data.tokenizer.sp import train_sentencepiece
 
-        return train_sentencepiece(cfg, inputs, reader)
+        return train_sentencepiece(cfg, inputs, reader, exchange)
     if cfg.kind not in BPE_KINDS:
         raise ValueError(f"tokenizer.kind: unknown kind {cfg.kind!r}; allowed: byte_bpe, char_bpe, sentencepiece")
     kind = BPE_KINDS[cfg.kind]
@@ -49,7 +54,7 @@ def train_tokenizer(
     t0 = time.perf_counter()
     counts, stats, n_tasks = count_pretokens(
         inputs, pattern_text(kind.pattern_name_of(cfg)), tuple(cfg.special_tokens), cfg.max_pretoken_chars, reader,
-        cfg.num_workers,
+        cfg.num_workers, exchange,
     )
     t_count = time.perf_counter() - t0
     _check_counts(counts, stats, inputs, cfg)

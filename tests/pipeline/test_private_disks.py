@@ -1,16 +1,17 @@
-"""Training workers on nodes with private disks: no driver-local path reaches them (issue 18).
+"""Data tasks and training workers on nodes with private disks: no driver-local path reaches them (issue 18).
 
-`ray.cluster_utils.Cluster` puts every node on this machine, so a worker that opens a path of the
-driver's TPIPE_HOME would succeed here and fail on a real second machine. Here the two training
-nodes are made private: each is a `ray start` in its own mount namespace where the driver's test
-folder (its TPIPE_HOME included) is an empty tmpfs, with its own scratch folder (TMPDIR,
-TPIPE_NODE_CACHE), and each loads private_disk_audit/sitecustomize.py, whose audit hook refuses and
-records any Python open() under the driver's folder. The shared store is moto S3 on 127.0.0.1;
-MLflow's sqlite file lies outside the driver's folder, standing in for a tracking server.
+`ray.cluster_utils.Cluster` puts every node on this machine, so a task that opens a path of the
+driver's TPIPE_HOME would succeed here and fail on a real second machine. Here two nodes are made
+private: each is a `ray start` in its own mount namespace where the driver's test folder (its
+TPIPE_HOME included) is an empty tmpfs, with its own scratch folder (TMPDIR, TPIPE_NODE_CACHE), and
+each loads private_disk_audit/sitecustomize.py, whose audit hook refuses and records any Python
+open() under the driver's folder. The shared store is moto S3 on 127.0.0.1; MLflow's sqlite file
+lies outside the driver's folder, standing in for a tracking server.
 
-The head, where the driver runs, keeps the CPUs, so the data steps' tasks run there: they still
-exchange files through the driver's step folders (see docs/cluster.md). The training nodes offer
-only the custom resource `trainer`, which the workers ask for (train.node_resource).
+Each private node offers one CPU and the custom resources `data` and `trainer`: every Ray task of
+the data steps asks for `data` (ray.task_resource) and each training worker for `trainer`
+(train.node_resource), so prepare's, the tokenizer's and encode's tasks and both workers run off
+the driver's node and pass their files through the bucket (data/exchange.py, pipeline/train.py).
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def _launch(cmd: list[str], env: dict[str, str], scratch: Path):
 
 @pytest.fixture(scope="module")
 def private_nodes(tmp_path_factory):
-    """(driver's folder, artifact root URI, node ids and scratch folders of the two training nodes).
+    """(driver's folder, artifact root URI, node ids and scratch folders of the two private nodes).
 
-    Each training node is a `ray start` of its own in a private mount namespace where the driver's
+    Each private node is a `ray start` of its own in a private mount namespace where the driver's
     folder is an empty tmpfs: a path of the driver's disk opens nothing there, through Python or
     through pyarrow's C++ (which no audit hook sees). Without the right to mount (not root), the
     audit hook alone stands guard.
@@ -70,8 +71,8 @@ def private_nodes(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
         if ray.is_initialized():  # another folder's session-wide Ray
             ray.shutdown()
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "dashboard_host": "127.0.0.1",
-                                                                "dashboard_port": free_port()})
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"head": 2},
+                                                                "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
         procs, scratches, launches, started = [], [], [], []
         try:
             ray.init(address=cluster.address)
@@ -80,8 +81,8 @@ def private_nodes(tmp_path_factory):
                 env = {**os.environ, "PYTHONPATH": f"{AUDIT}{os.pathsep}{REPO}", "TMPDIR": str(scratch),
                        "TPIPE_NODE_CACHE": str(scratch / "cache"), "TPIPE_AUDIT_FORBIDDEN": str(driver),
                        "TPIPE_AUDIT_LOG": str(scratch / "audit.log"), "RAY_USAGE_STATS_ENABLED": "0"}
-                start = (f"{shlex.quote(str(BIN / 'ray'))} start --address {cluster.address} --num-cpus 0 "
-                         f"--resources '{{\"trainer\": 1}}' --block")
+                start = (f"{shlex.quote(str(BIN / 'ray'))} start --address {cluster.address} --num-cpus 1 "
+                         f"--resources '{{\"trainer\": 1, \"data\": 1}}' --block")
                 cmd = (["unshare", "-m", "--propagation", "private", "sh", "-c",
                         f"mount -t tmpfs tmpfs {shlex.quote(str(driver))} && exec {start}"] if mask
                        else ["sh", "-c", f"exec {start}"])
@@ -112,28 +113,38 @@ def private_nodes(tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-def test_training_nodes_never_open_a_driver_path_and_train_the_same_weights(private_nodes):
+# The functions of the data steps' Ray tasks with a remote artifact root (data/exchange.py).
+DATA_TASKS = {"ingest_unit_published", "write_shard_published", "count_chunk", "sum_counts", "encode_shard_published"}
+
+
+def test_private_nodes_never_open_a_driver_path_and_train_the_same_weights(private_nodes):
     import ray
-    from ray.util.state import list_actors
+    from ray.util.state import list_actors, list_tasks
 
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
     driver, root, trainer_nodes, scratches = private_nodes
     overrides = [f"artifact_root={root}", "train.max_steps=8", "train.val_every_steps=4", "train.max_failures=0"]
-    private = load_config("smoke", overrides + ["train.node_resource=trainer", "train.cpus_per_worker=0"])
+    private = load_config("smoke", overrides + ["ray.task_resource=data", "train.node_resource=trainer",
+                                                "train.cpus_per_worker=0"])
     out = run_pipeline(private, quiet=True)
     assert list(out["results"]) == ["prepare", "tokenizer", "encode", "train", "register", "evaluate"]
+
+    tasks = [t for t in list_tasks(filters=[("type", "=", "NORMAL_TASK")], limit=10_000, detail=True)
+             if t["func_or_class_name"] in DATA_TASKS]
+    assert {t["func_or_class_name"] for t in tasks} == DATA_TASKS, tasks
+    assert {t["node_id"] for t in tasks} <= set(trainer_nodes), [(t["func_or_class_name"], t["node_id"]) for t in tasks]
 
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=100)
     assert sorted(a["node_id"] for a in workers) == sorted(trainer_nodes), workers  # one on each
     for scratch in scratches:
         assert not (scratch / "audit.log").exists(), (scratch / "audit.log").read_text()
         cached = [p.name for p in (scratch / "cache").rglob("*.parquet")]
-        assert cached, f"no token shard reached the node cache {scratch / 'cache'}"
+        assert cached, f"no raw or token shard reached the node cache {scratch / 'cache'}"
 
     # The same config trained on the driver's node alone (the data steps are reused from the bucket).
-    single = load_config("smoke", overrides + ["train.cpus_per_worker=1"])
+    single = load_config("smoke", overrides + ["train.node_resource=head", "train.cpus_per_worker=1"])
     alone = run_pipeline(single, until_step="train", quiet=True)
     assert [r.cached for r in alone["results"].values()] == [True, True, True, False]
     seen = {a["actor_id"] for a in workers}
