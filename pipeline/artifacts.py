@@ -14,6 +14,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from data.exchange import join_uri
+
 MARKER = "_COMPLETE.json"  # the workflow's completion marker (pipeline/workflow.py)
 
 
@@ -23,9 +25,7 @@ class RemoteRoot:
     def __init__(self, uri: str):
         import pyarrow.fs as pafs
 
-        self.uri = uri.rstrip("/")
-        prefix, _, self.query = uri.partition("?")  # the query carries settings, e.g. an endpoint
-        self.prefix = prefix.rstrip("/")
+        self.uri = uri.rstrip("/")  # a query, if any, carries the store's settings (e.g. an endpoint)
         try:
             self.fs, self.base = pafs.FileSystem.from_uri(self.uri)
         except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, ValueError, OSError
@@ -41,8 +41,7 @@ class RemoteRoot:
         Example: RemoteRoot("s3://b/art?scheme=http").uri_of("encode", "k1", "train/shard-00000.parquet")
         -> "s3://b/art/encode/k1/train/shard-00000.parquet?scheme=http"
         """
-        path = "/".join(p.strip("/") for p in parts if p)
-        return f"{self.prefix}/{path}" + (f"?{self.query}" if self.query else "")
+        return join_uri(self.uri, *parts)
 
     def check(self) -> None:
         """Fail early, with the URI in the message, when the root cannot be listed (bucket, credentials)."""
@@ -95,7 +94,3 @@ class RemoteRoot:
             with open(p, "rb") as r, self.fs.open_output_stream(f"{dst}/{rel}") as w:
                 shutil.copyfileobj(r, w, 1 << 20)
 
-
-# The per-node cache (what tasks and workers on other machines read from a remote root) lives with
-# the data steps' exchange of files (data/exchange.py), which uses it too; importable from here as before.
-from data.exchange import local_copy, node_cache_dir  # noqa: E402,F401

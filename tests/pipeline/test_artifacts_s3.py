@@ -194,7 +194,8 @@ def test_a_corpus_on_s3_without_s3fs_is_refused_before_ray_starts(tmp_path):
 def test_workers_read_remote_inputs_through_a_per_node_cache(s3, tmp_path, monkeypatch):
     """local_copy: a remote file or folder is fetched once per node and version into the node's own
     cache (never the driver's home); a re-written object gets a fresh entry; local paths pass through."""
-    from pipeline.artifacts import RemoteRoot, local_copy
+    from data.exchange import local_copy
+    from pipeline.artifacts import RemoteRoot
 
     monkeypatch.setenv("TPIPE_NODE_CACHE", str(tmp_path / "node-cache"))
     root = RemoteRoot(s3("cache"))
