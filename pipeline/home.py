@@ -81,11 +81,25 @@ class Home:
                     f.seek(0)
                     f.truncate()
         except BlockingIOError:
-            holder = _holder(self.run_lock_file.read_text(encoding="utf-8")) or {}
+            holder = self._live_holder()
             raise RunLocked(
                 f"another run is working in {self.root}: {describe_holder(holder)}; "
                 "wait for it to finish or stop it (one run per TPIPE_HOME; another home runs in parallel)"
             ) from None
+
+    def _live_holder(self, wait_s: float = 5.0) -> dict:
+        """The record of the run holding the lock, as soon as it has written it.
+
+        A run writes its record just after taking the lock, so a run refused in between would read an
+        empty file, or the record of a killed run the winner is taking over; it waits a moment for the
+        winner's own record (a live pid) rather than name nobody.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            holder = _holder(self.run_lock_file.read_text(encoding="utf-8")) or {}
+            if "pid" in holder and _alive(holder["pid"]) or time.monotonic() > deadline:
+                return holder
+            time.sleep(0.05)
 
     def active_run(self) -> dict | None:
         """The record of the run working in this home ({pid, started, command}), or None.
@@ -98,13 +112,8 @@ class Home:
             return None
         if holder is None or "pid" not in holder:
             return None
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return None  # killed without releasing the lock: the next run takes it over
-        except PermissionError:
-            pass  # alive, another user's
-        return holder
+        # killed without releasing the lock: the next run takes it over
+        return holder if _alive(holder["pid"]) else None
 
     def tracking_uri(self, configured: str | None = None) -> str:
         """Config value, else `MLFLOW_TRACKING_URI`, else a sqlite store in this home."""
@@ -117,6 +126,18 @@ class Home:
                 f"--default-artifact-root {self.mlflow_artifacts} --host 127.0.0.1 --port 5000"
             )
         return f"open {redact_text(tracking_uri)}"
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _holder(text: str) -> dict | None:

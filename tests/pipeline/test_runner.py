@@ -43,6 +43,38 @@ def test_a_held_run_lock_is_refused_naming_its_holder_and_a_dead_ones_is_taken_o
         assert stale is None  # a run that ends normally leaves nothing to take over
 
 
+# A run between taking the lock and writing its record: the file still holds a killed run's record.
+TAKING = (
+    "import json, os, time\nfrom data.io import file_lock\nfrom pipeline.home import Home\n"
+    "home = Home.resolve()\nwith file_lock(str(home.run_lock_file), wait=False) as f:\n"
+    "    print('locked', flush=True)\n    time.sleep(1.5)\n"
+    "    f.seek(0); f.truncate(); f.write(json.dumps({'pid': os.getpid(), 'started': time.time(), 'command': 'tpipe run x'})); f.flush()\n"
+    "    time.sleep(600)\n"
+)
+
+
+def test_a_run_refused_while_the_winner_is_starting_still_names_the_winner(tmp_path):
+    """Four runs started at once: the losers can read the lock file in the moment between the
+    winner's flock and its record, when it is empty or still holds a killed run's record."""
+    from pipeline.home import Home, RunLocked
+
+    home = Home(tmp_path)
+    home.run_lock_file.parent.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    home.run_lock_file.write_text(json.dumps({"pid": dead.pid, "started": 1.0, "command": "tpipe run killed"}))
+    winner = subprocess.Popen([sys.executable, "-c", TAKING], cwd=REPO, env=tpipe_env(tmp_path), text=True,
+                              stdout=subprocess.PIPE)
+    try:
+        assert winner.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=rf"working in {tmp_path}: pid {winner.pid}, started 20\d\d-.*: tpipe run x;"):
+            with home.run_lock():
+                pass
+    finally:
+        winner.kill()
+        winner.wait()
+
+
 # ---- a cluster that does not answer ---------------------------------------------------------
 
 def test_unreachable_ray_address_fails_in_seconds_naming_it(tmp_path):
