@@ -261,8 +261,9 @@ def tpipe_worker(args) -> dict:
         t = time.perf_counter()
         hyps = tr.translate(srcs, beam_size=beam, max_len=args.max_len)
         dt = time.perf_counter() - t
-        decode[name] = score_block(hyps, refs) | {"sentences_per_s": round(len(srcs) / dt, 2), "seconds": round(dt, 1)}
+        decode[name] = score_block(hyps, refs, srcs) | {"sentences_per_s": round(len(srcs) / dt, 2), "seconds": round(dt, 1)}
         decode[name]["samples"] = [{"src": s, "ref": r, "hyp": h} for s, r, h in list(zip(srcs, refs, hyps))[:5]]
+        (work / f"hyps-{args.tag}-{name}.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf-8")
     return {
         "side": "tpipe", "mode": args.mode, "variant": args.variant, "steps": steps,
         "real_tokens": real, "padded_tokens": padded, "real_tokens_per_step": real / max(steps, 1),
@@ -386,13 +387,15 @@ def hf_worker(args) -> dict:
         epoch += 1
     loop_s = time.perf_counter() - t0
     model.eval()
+    model.save_pretrained(work / f"model-{args.tag}")  # safetensors, for analysis after the bench
     test = test_pairs(work, args.test_max)
     srcs, refs = [s for s, _ in test], [t for _, t in test]
     t = time.perf_counter()
     hyps = hf_translate(model, tok, srcs, args.max_len)
     dt = time.perf_counter() - t
-    decode = {"greedy": score_block(hyps, refs) | {"sentences_per_s": round(len(srcs) / dt, 2), "seconds": round(dt, 1)}}
+    decode = {"greedy": score_block(hyps, refs, srcs) | {"sentences_per_s": round(len(srcs) / dt, 2), "seconds": round(dt, 1)}}
     decode["greedy"]["samples"] = [{"src": s, "ref": r, "hyp": h} for s, r, h in list(zip(srcs, refs, hyps))[:5]]
+    (work / f"hyps-{args.tag}-greedy.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf-8")
     return {
         "side": "hf", "mode": args.mode, "steps": step, "epochs": epoch, "batch_sentences": bs,
         "real_tokens": real, "padded_tokens": padded, "real_tokens_per_step": real / max(step, 1),
@@ -420,11 +423,16 @@ def hf_translate(model, tok, sentences: list[str], max_len: int, batch_size: int
     return out
 
 
-def score_block(hyps: list[str], refs: list[str]) -> dict:
+def score_block(hyps: list[str], refs: list[str], srcs: list[str]) -> dict:
+    """BLEU and chrF, plus how long the outputs run: sacreBLEU's hypothesis/reference length ratio and
+    the share of "runaway" outputs (over twice their source's characters plus 20: a decoder that never
+    says EOS repeats itself up to max_len, and a few such lines pull corpus BLEU's precisions down)."""
     from pipeline.evaluate import score
 
     s = score(hyps, refs, TGT)
-    return {"bleu": round(float(s["bleu"]), 2), "chrf": round(float(s["chrf"]), 2)}
+    runaway = sum(len(h) > 2 * len(x) + 20 for h, x in zip(hyps, srcs))
+    return {"bleu": round(float(s["bleu"]), 2), "chrf": round(float(s["chrf"]), 2),
+            "length_ratio": round(float(s["length_ratio"]), 3), "runaway": round(runaway / max(len(hyps), 1), 4)}
 
 
 # ----------------------------------------------------------------------------------------------

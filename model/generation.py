@@ -7,6 +7,11 @@
 Each returns one list of token ids per source sentence: what follows BOS, up to and excluding EOS, at
 most `max_len` tokens (EOS counts towards max_len). `src` is (B, S), right-padded with cfg.pad_id.
 
+`max_len_a`, `max_len_b` bound each sentence by its own source as well (fairseq's --max-len-a/-b,
+Marian's --max-length-factor): at most min(max_len, ⌊a·S_i + b⌋) tokens, S_i the i-th source's tokens
+(EOS included). An undertrained model that never says EOS repeats itself up to max_len; the bound cuts
+those lines where a translation of that source could plausibly end (a = 0: max_len only).
+
 Notation: B sentences, K beams, N = B·K decoder rows, t decoded length, V vocabulary.
 """
 
@@ -63,6 +68,22 @@ def _start(model: Transformer, src: Tensor, max_len: int, rows_per_source: int, 
     return steps_cls(model, memory, src_mask, max_len)
 
 
+def length_limits(src: Tensor, pad_id: int, max_len: int, max_len_a: float = 0.0, max_len_b: int = 0) -> Tensor:
+    """(B, S) sources -> (B,) the most tokens each translation may have: min(max_len, ⌊a·S_i + b⌋), ≥ 1.
+
+    >>> length_limits(torch.tensor([[5, 6, 2], [5, 2, 0]]), 0, 64, 1.5, 1).tolist()
+    [5, 4]
+    """
+    if max_len_a < 0:
+        raise ValueError(f"max_len_a={max_len_a}; must be >= 0 (0: no bound from the source)")
+    full = torch.full((src.size(0),), max_len, dtype=torch.long, device=src.device)
+    if max_len_a == 0:
+        return full
+    src_len = (src != pad_id).sum(dim=1).double()  # (B,)
+    own = (max_len_a * src_len + max_len_b).floor().long()  # (B,)
+    return torch.minimum(full, own).clamp(min=1)
+
+
 def _strip(row: list[int], eos_id: int) -> list[int]:
     """[5, 7, EOS, PAD, PAD] -> [5, 7]"""
     return row[: row.index(eos_id)] if eos_id in row else row
@@ -97,18 +118,22 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
     return logits
 
 
-def _one_row_per_sentence(model, src, max_len, choose, use_cache, trace) -> Tensor:
-    """Decode with `choose(logits (B, V)) -> (B,)`; returns (B, n ≤ max_len) tokens, PAD after EOS."""
+def _one_row_per_sentence(model, src, max_len, choose, use_cache, trace, limits=None) -> Tensor:
+    """Decode with `choose(logits (B, V)) -> (B,)`; returns (B, n ≤ max_len) tokens, PAD after EOS.
+
+    `limits` (B,): row i ends with EOS once it holds limits[i] tokens (see `length_limits`)."""
     cfg = model.cfg
     B = src.size(0)
     steps = _start(model, src, max_len, 1, use_cache)
     prefix = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=src.device)  # (B, 1)
     finished = torch.zeros(B, dtype=torch.bool, device=src.device)
-    for _ in range(max_len):
+    for t in range(max_len):
         logits = steps(prefix)  # (B, V)
         if trace is not None:
             trace.append(logits)
         token = choose(logits)  # (B,)
+        if limits is not None:
+            token = token.masked_fill(limits == t, cfg.eos_id)  # row i holds limits[i] tokens: it ends here
         token = token.masked_fill(finished, cfg.pad_id)
         finished |= token == cfg.eos_id
         prefix = torch.cat([prefix, token[:, None]], dim=1)  # (B, t + 1)
@@ -118,9 +143,18 @@ def _one_row_per_sentence(model, src, max_len, choose, use_cache, trace) -> Tens
 
 
 @torch.no_grad()
-def greedy_search(model: Transformer, src: Tensor, max_len: int = 64, use_cache: bool = True, trace=None):
+def greedy_search(
+    model: Transformer,
+    src: Tensor,
+    max_len: int = 64,
+    use_cache: bool = True,
+    trace=None,
+    max_len_a: float = 0.0,
+    max_len_b: int = 0,
+):
     """Most likely next token at every step. `trace`, a list, collects each step's (B, V) logits."""
-    tokens = _one_row_per_sentence(model, src, max_len, lambda logits: logits.argmax(dim=-1), use_cache, trace)
+    limits = length_limits(src, model.cfg.pad_id, max_len, max_len_a, max_len_b) if max_len_a else None
+    tokens = _one_row_per_sentence(model, src, max_len, lambda logits: logits.argmax(dim=-1), use_cache, trace, limits)
     return [_strip(row, model.cfg.eos_id) for row in tokens.tolist()]
 
 
@@ -134,6 +168,8 @@ def sample(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    max_len_a: float = 0.0,
+    max_len_b: int = 0,
 ) -> list[list[int]]:
     """Ancestral sampling from the filtered distribution (see `filter_logits`)."""
     filter_logits(torch.zeros(1, 2), temperature, top_k, top_p)  # refuse bad settings before encoding
@@ -142,7 +178,8 @@ def sample(
         probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
-    tokens = _one_row_per_sentence(model, src, max_len, choose, use_cache, None)
+    limits = length_limits(src, model.cfg.pad_id, max_len, max_len_a, max_len_b) if max_len_a else None
+    tokens = _one_row_per_sentence(model, src, max_len, choose, use_cache, None, limits)
     return [_strip(row, model.cfg.eos_id) for row in tokens.tolist()]
 
 
@@ -164,13 +201,16 @@ def beam_search(
     length_penalty: float = 1.0,
     use_cache: bool = True,
     trace=None,
+    max_len_a: float = 0.0,
+    max_len_b: int = 0,
 ) -> list[list[int]]:
     """Batched beam search: B sentences × K beams decode as N = B·K rows in one batch.
 
     Each step scores all K·V continuations of each sentence and looks at the best 2K. An EOS among the
     best K ends a hypothesis (kept with score log P / lp); the best K non-EOS candidates continue (there
-    are always K of them among 2K). A sentence is done when it holds K ended hypotheses; at max_len
-    every live beam ends. The best normalised hypothesis is returned. `trace` collects (N, V) logits.
+    are always K of them among 2K). A sentence is done when it holds K ended hypotheses; at its length
+    limit (max_len, or `length_limits`) every live beam of it ends. The best normalised hypothesis is
+    returned. `trace` collects (N, V) logits.
     """
     cfg = model.cfg
     K, V = beam_size, cfg.vocab_size
@@ -186,6 +226,7 @@ def beam_search(
     ended: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     done = [False] * B
     row_base = torch.arange(B, device=device)[:, None] * K  # (B, 1) first row of each sentence
+    limits = length_limits(src, cfg.pad_id, max_len, max_len_a, max_len_b).tolist()
 
     for t in range(max_len):
         logits = steps(prefix)  # (N, V)
@@ -198,17 +239,18 @@ def beam_search(
         last = t == max_len - 1
         top_scores, top_idx = cand.topk(K if last else 2 * K, dim=1)  # (B, 2K), best first
         beam, token = top_idx // V, top_idx % V  # (B, 2K)
-        if last:
-            # max_len reached: the best K continuations end here, with or without EOS.
+        at_limit = [b for b in range(B) if not done[b] and limits[b] == length]
+        if at_limit:
+            # A sentence at its length limit: its best K continuations end here, with or without EOS.
             rows = (row_base + beam).tolist()
-            for b in range(B):
-                if done[b]:
-                    continue
+            for b in at_limit:
                 for j in range(K):
                     hyp = prefix[rows[b][j], 1:].tolist()
                     if int(token[b, j]) != cfg.eos_id:
                         hyp.append(int(token[b, j]))
                     ended[b].append((float(top_scores[b, j]) / lp, hyp))
+                done[b] = True
+        if last or all(done):
             break
 
         is_eos = token == cfg.eos_id  # (B, 2K)
@@ -241,6 +283,8 @@ def generate(
     beam_size: int = 1,
     length_penalty: float = 1.0,
     *,
+    max_len_a: float = 0.0,
+    max_len_b: int = 0,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_k: int = 0,
@@ -250,6 +294,8 @@ def generate(
 ) -> list[list[int]]:
     """Decode `src` (B, S): greedy (beam_size=1), beam search (beam_size>1), or sampling (do_sample).
 
+    max_len_a, max_len_b: each sentence also stops at ⌊a·S_i + b⌋ tokens (`length_limits`; a = 0: off).
+
     Runs in eval mode without gradients and restores the model's mode afterwards.
     """
     if do_sample and beam_size != 1:
@@ -258,9 +304,10 @@ def generate(
     model.eval()
     try:
         if do_sample:
-            return sample(model, src, max_len, temperature, top_k, top_p, generator, use_cache)
+            return sample(model, src, max_len, temperature, top_k, top_p, generator, use_cache, max_len_a, max_len_b)
         if beam_size == 1:
-            return greedy_search(model, src, max_len, use_cache)
-        return beam_search(model, src, beam_size, max_len, length_penalty, use_cache)
+            return greedy_search(model, src, max_len, use_cache, max_len_a=max_len_a, max_len_b=max_len_b)
+        return beam_search(model, src, beam_size, max_len, length_penalty, use_cache,
+                           max_len_a=max_len_a, max_len_b=max_len_b)
     finally:
         model.train(was_training)

@@ -131,6 +131,12 @@ class EvalConfig:
     beam_size: int = field(default=1, metadata={"min": 1, "help": "1 is greedy"})
     length_penalty: float = field(default=1.0, metadata={"min": 0.0, "help": "GNMT-style α for beam search"})
     max_len: int = field(default=64, metadata={"min": 1, "help": "longest generated target"})
+    max_len_a: float = field(
+        default=0.0,
+        metadata={"min": 0.0, "help": "with max_len_b, each translation stops at a·S + b tokens, S its source's tokens "
+                                      "(fairseq's --max-len-a/-b; stops an undertrained model's repetition loops); 0: off"},
+    )
+    max_len_b: int = field(default=0, metadata={"help": "see max_len_a"})
     batch_size: int = field(default=64, metadata={"min": 1, "help": "sentences per decoding batch"})
     max_sentences: int = field(default=0, metadata={"min": 0, "help": "evaluate at most this many (0: all)"})
 

@@ -74,7 +74,7 @@ def evaluate_pyfunc(
     translator = pyfunc.unwrap_python_model().translator
     nll_sum, n_tokens = translator.nll(sources, references)
     loss = nll_sum / max(n_tokens, 1)
-    decoding = {k: translator.generation.get(k) for k in ("beam_size", "max_len", "length_penalty")}
+    decoding = {k: translator.generation.get(k) for k in ("beam_size", "max_len", "max_len_a", "max_len_b", "length_penalty")}
     decoding |= {k: v for k, v in (params or {}).items() if v is not None}
     result.update(
         {

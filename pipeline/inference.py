@@ -96,12 +96,14 @@ class Translator:
                 max_len=int(gen.get("max_len", 64)),
                 beam_size=int(gen.get("beam_size", 1)),
                 length_penalty=float(gen.get("length_penalty", 1.0)),
+                max_len_a=float(gen.get("max_len_a") or 0.0),  # packages from before these keys: off
+                max_len_b=int(gen.get("max_len_b") or 0),
             )
 
     def translate(self, sentences: list[str], **overrides: Any) -> list[str]:
         """Translate in batches of `generation.batch_size`, sorted by length to waste less padding.
 
-        `overrides` (beam_size, max_len, length_penalty, batch_size) apply to this call only.
+        `overrides` (beam_size, max_len, max_len_a, max_len_b, length_penalty, batch_size) apply to this call only.
         The batches are `length_batches(...)`: pipeline/batch_translate.py decodes the very same
         batches on a pool of Ray actors, so its output is this one's, line for line.
         """

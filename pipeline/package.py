@@ -3,7 +3,7 @@
 A model package is a folder with:
     model.safetensors      the Transformer's weights (tied weights saved once)
     model_config.json      ModelConfig as JSON
-    generation.json        decoding settings (beam_size, length_penalty, max_len, batch_size)
+    generation.json        decoding settings (beam_size, length_penalty, max_len, max_len_a/b, batch_size)
     tokenizer/             the tokenizer (data.tokenizer format)
     lineage.json, README.md  where it came from (model card; written by the register step)
 The train step writes it (`save`), the registry stores it, and `pipeline/inference.py` loads it
@@ -34,6 +34,8 @@ def generation_settings(eval_cfg) -> dict[str, Any]:
         "beam_size": eval_cfg.beam_size,
         "length_penalty": eval_cfg.length_penalty,
         "max_len": eval_cfg.max_len,
+        "max_len_a": eval_cfg.max_len_a,
+        "max_len_b": eval_cfg.max_len_b,
         "batch_size": eval_cfg.batch_size,
     }
 

@@ -26,7 +26,7 @@ class TranslationModel(PythonModel):
     # re-validates the input nor prints its "add type hints" advice on every load (a warning filter
     # cannot hide it: MLflow resets the filters around that check).
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        # params (beam_size, max_len, length_penalty) change decoding for this call only; one the
+        # params (beam_size, max_len, max_len_a, max_len_b, length_penalty) change decoding for this call only; one the
         # caller left out arrives as None (the signature's default, pipeline/registry.py) and the
         # package's generation.json decides it.
         return self.translator.translate(_sentences(model_input), **(params or {}))

@@ -72,6 +72,8 @@ def decoding_signature():
         ParamSpec("beam_size", DataType.long, None),
         ParamSpec("max_len", DataType.long, None),
         ParamSpec("length_penalty", DataType.double, None),
+        ParamSpec("max_len_a", DataType.double, None),
+        ParamSpec("max_len_b", DataType.long, None),
     ])
     return ModelSignature(inputs=io.inputs, outputs=io.outputs, params=params)
 

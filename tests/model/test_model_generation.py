@@ -11,6 +11,7 @@ from model.generation import (
     filter_logits,
     generate,
     greedy_search,
+    length_limits,
     length_penalty_gnmt,
     sample,
 )
@@ -224,3 +225,46 @@ def test_generate_validates_and_restores_mode():
         generate(m, _src(), beam_size=12)
     with pytest.raises(ValueError, match="max_seq_len=64"):
         generate(m, _src(), max_len=100)
+
+
+# ---- a length bound from each source (max_len_a, max_len_b) ----------------------------------
+
+
+def test_length_limits_follow_each_source():
+    src = torch.tensor([[5, 6, 7, EOS], [5, EOS, PAD, PAD]])  # 4 and 2 source tokens, EOS counted
+    assert length_limits(src, PAD, 64).tolist() == [64, 64]  # a = 0: max_len only
+    assert length_limits(src, PAD, 64, 1.5, 2).tolist() == [8, 5]
+    assert length_limits(src, PAD, 6, 1.5, 2).tolist() == [6, 5]  # max_len still bounds
+    assert length_limits(src, PAD, 64, 0.1, -5).tolist() == [1, 1]  # at least one token
+    with pytest.raises(ValueError, match="max_len_a=-1"):
+        length_limits(src, PAD, 64, -1.0, 0)
+
+
+def test_greedy_with_a_source_bound_is_the_unbounded_output_cut_there():
+    """Greedy's choice at a step does not depend on later steps, so the bound must only cut."""
+    never_eos = _eos_biased(_partly_trained("sinusoidal"), -100.0)
+    src = _src(3)
+    limits = length_limits(src, PAD, 20, 1.0, 1).tolist()
+    assert len(set(limits)) > 1  # the sources differ in length, so the rows end at different steps
+    free = greedy_search(never_eos, src, max_len=20)
+    bounded = greedy_search(never_eos, src, max_len=20, max_len_a=1.0, max_len_b=1)
+    assert bounded == [h[:n] for h, n in zip(free, limits)]
+    assert [len(h) for h in bounded] == limits
+    m = _partly_trained("rope")  # a model that does say EOS: a short output is left as it was
+    free, bounded = greedy_search(m, src, max_len=20), greedy_search(m, src, max_len=20, max_len_a=1.0, max_len_b=1)
+    assert bounded == [h[:n] for h, n in zip(free, limits)]
+    assert generate(m, src, max_len=20, max_len_a=1.0, max_len_b=1) == bounded
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope"])
+def test_batched_beam_with_a_source_bound_equals_each_sentence_with_its_own_max_len(positional):
+    m = _partly_trained(positional)
+    src = _src(4)
+    limits = length_limits(src, PAD, 12, 0.8, 0).tolist()
+    assert len(set(limits)) > 1
+    batched = beam_search(m, src, beam_size=3, max_len=12, max_len_a=0.8)
+    for i in range(src.size(0)):
+        row = src[i : i + 1, : int((src[i] != PAD).sum())]
+        assert [batched[i]] == beam_search(m, row, beam_size=3, max_len=limits[i])
+        assert len(batched[i]) <= limits[i]
+    assert generate(m, src, max_len=12, beam_size=3, max_len_a=0.8) == batched

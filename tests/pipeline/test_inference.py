@@ -51,3 +51,20 @@ def test_nothing_to_translate_is_refused(texts):
     with pytest.raises(UserError, match="nothing to translate"):
         check_sentences(texts)
     check_sentences(["", "a"])  # one real sentence is enough; the empty one stays empty
+
+
+def test_a_package_s_source_length_bound_cuts_each_translation_where_it_says(package):
+    """eval.max_len_a / max_len_b travel in generation.json (or as overrides) to the decoder: greedy
+    output bounded by ⌊a·S + b⌋ is the unbounded output cut there, sentence by sentence."""
+    import math
+
+    from pipeline.inference import Translator
+
+    free = Translator(package, max_len=12)
+    bounded = Translator(package, max_len=12, max_len_a=0.5, max_len_b=1)
+    ids = free.encode_sources(["hello world hello world", "hallo", "hello welt"])
+    limits = [min(12, math.floor(0.5 * len(x) + 1)) for x in ids]
+    out_free, out_bounded = free.generate_batch(ids, free.generation), bounded.generate_batch(ids, bounded.generation)
+    assert out_bounded == [h[:n] for h, n in zip(out_free, limits)]
+    assert any(len(h) > n for h, n in zip(out_free, limits))  # the bound did cut something here
+    assert free.decoding(max_len_a=0.5, max_len_b=1) == bounded.generation
