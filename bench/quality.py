@@ -14,10 +14,12 @@ Both sides get the same budget:
   tokenizer   joint byte-level BPE, 8000 tokens, trained on the train split (tpipe: its own byte_bpe
               tokenizer step; HF: `tokenizers.ByteLevelBPETokenizer`), pairs longer than 126 tokens a side
               dropped on both sides
-  model       d_model 256, 3+3 layers, 4 heads, d_ff 1024, ReLU, sinusoidal positions, tied embeddings,
-              dropout 0.1 (HF: MarianConfig with the same numbers; Marian is post-norm, tpipe pre-norm)
-  batch       the same number of real (non-pad) tokens per optimizer step on average: tpipe packs
-              length-bucketed batches up to `--max-tokens` padded tokens; the HF side gets the fixed number
+  model       d_model 256, 3+3 layers, 4 heads, d_ff 1024, ReLU, sinusoidal positions, tied embeddings
+              (HF: MarianConfig with the same numbers; Marian is post-norm, tpipe pre-norm); dropout is a
+              lever: the recipe's 0 for tpipe, 0.1 (Marian's) for HF, and an ablation row gives tpipe 0.1
+  batch       the same number of real (non-pad) tokens per optimizer step on average: tpipe's step is the
+              recipe's 4 micro-batches of up to `--max-tokens`/4 padded tokens, each one length bucket
+              (nearly no padding) and the four from random buckets; the HF side gets the fixed number
               of sentences per batch that carries the same real tokens on average, padded per batch by
               DataCollatorForSeq2Seq (labels padded with -100), in a shuffled order, as HF users batch
   optimizer   AdamW at the same peak lr with the same warm-up steps, gradient clipping at 1.0
@@ -27,8 +29,10 @@ The HF side is the loop a competent HF user writes (documented in `hf_worker`): 
 MarianConfig, PreTrainedTokenizerFast + DataCollatorForSeq2Seq, AdamW (weight decay 0.01), linear
 warm-up then linear decay (`get_linear_schedule_with_warmup`; in the equal-time mode the decay follows the
 time budget, as tpipe's does), clip 1.0, no label smoothing (the Seq2SeqTrainer default), `generate` with
-greedy search. tpipe runs its own pipeline (prepare -> tokenizer -> encode -> train on one Ray Train
-worker) with the recipe conf/recipes/en_de_small.yaml and decodes the test split with the trained package.
+greedy search (the HF rows are also scored cut at tpipe's source-length bound, which `generate` lacks:
+greedy output under a bound is the unbounded output cut there). tpipe runs its own pipeline (prepare ->
+tokenizer -> encode -> train on one Ray Train worker) with the recipe conf/recipes/en_de_small.yaml and
+decodes the test split with the trained package.
 
 Two modes, each with both sides at the same time:
   equal time   both train for `--minutes`, each as fast as it can (tpipe: train.max_time)
@@ -113,6 +117,13 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
 # tpipe
 
 
+def recipe_accumulation() -> int:
+    """Micro-batches per optimizer step in the recipe: tpipe's step is that many length buckets."""
+    from pipeline.config import load_config
+
+    return load_config(str(RECIPE)).train.accumulate_grad_batches
+
+
 def tpipe_config(split_dir: Path, work: Path, args, mode: str, budget: float, variant: list[str]):
     from pipeline.config import load_config
 
@@ -123,7 +134,7 @@ def tpipe_config(split_dir: Path, work: Path, args, mode: str, budget: float, va
         "data.split_by=''", "data.valid_fraction=0", "data.test_fraction=0",  # the split files are the split
         f"artifact_root={work / 'artifacts'}",
         f"seed={args.seed}",
-        f"train.max_tokens={args.max_tokens}",
+        f"train.max_tokens={args.max_tokens // recipe_accumulation()}",  # --max-tokens is per optimizer step
         f"train.lr={args.lr}",
         f"train.warmup_steps={args.warmup}",
         "ray.num_cpus=1",
@@ -153,6 +164,7 @@ def tpipe_train_in_process(cfg, res, out_dir: Path) -> dict:
     from data.shards import token_files
     from pipeline.callbacks import TrainingState, _Batches
     from pipeline.train import _max_time
+    from pipeline.package import generation_settings
     from pipeline.package import save as save_model_package
 
     tcfg = cfg.train
@@ -187,9 +199,7 @@ def tpipe_train_in_process(cfg, res, out_dir: Path) -> dict:
     trainer.fit(module, train_dataloaders=_Batches(loader))
     fit_s = time.perf_counter() - t0
     module.use_ema_weights()
-    generation = {"beam_size": cfg.eval.beam_size, "length_penalty": cfg.eval.length_penalty,
-                  "max_len": cfg.eval.max_len, "batch_size": cfg.eval.batch_size}
-    save_model_package(out_dir / "package", module.model, mcfg, generation, res["tokenizer"].out_dir)
+    save_model_package(out_dir / "package", module.model, mcfg, generation_settings(cfg.eval), res["tokenizer"].out_dir)
     return {"steps": trainer.global_step, "curve": log.curve, "fit_seconds": fit_s}
 
 
@@ -255,11 +265,13 @@ def tpipe_worker(args) -> dict:
     srcs, refs = [s for s, _ in test], [t for _, t in test]
     tr = Translator(package)
     decode = {}
-    for name, beam in (("greedy", 1), ("beam5", 5)):
-        if beam > 1 and args.no_beam:
+    # greedy and beam 5 as the package decodes (its generation.json: the recipe's eval section), and
+    # greedy without the recipe's source-length bound (eval.max_len_a = 0), the decoding lever's ablation
+    for name, beam, bound in (("greedy", 1, None), ("beam5", 5, None), ("greedy_unbounded", 1, 0.0)):
+        if beam > 1 and args.no_beam or bound is not None and not tr.generation.get("max_len_a"):
             continue
         t = time.perf_counter()
-        hyps = tr.translate(srcs, beam_size=beam, max_len=args.max_len)
+        hyps = tr.translate(srcs, beam_size=beam, max_len=args.max_len, max_len_a=bound)
         dt = time.perf_counter() - t
         decode[name] = score_block(hyps, refs, srcs) | {"sentences_per_s": round(len(srcs) / dt, 2), "seconds": round(dt, 1)}
         decode[name]["samples"] = [{"src": s, "ref": r, "hyp": h} for s, r, h in list(zip(srcs, refs, hyps))[:5]]
@@ -269,7 +281,8 @@ def tpipe_worker(args) -> dict:
         "real_tokens": real, "padded_tokens": padded, "real_tokens_per_step": real / max(steps, 1),
         "train_loop_seconds": round(loop_s, 1), "tokens_per_s": loop_tokens / max(loop_s, 1e-9),
         "wall_seconds": round(wall, 1), "via_ray": bool(args.via_ray), "loss_curve": curve, "decode": decode,
-        "generation": {"length_penalty": cfg.eval.length_penalty},
+        "generation": {"length_penalty": cfg.eval.length_penalty, "max_len_a": cfg.eval.max_len_a,
+                       "max_len_b": cfg.eval.max_len_b},
     }
 
 
@@ -387,40 +400,89 @@ def hf_worker(args) -> dict:
         epoch += 1
     loop_s = time.perf_counter() - t0
     model.eval()
-    model.save_pretrained(work / f"model-{args.tag}")  # safetensors, for analysis after the bench
-    test = test_pairs(work, args.test_max)
-    srcs, refs = [s for s, _ in test], [t for _, t in test]
-    t = time.perf_counter()
-    hyps = hf_translate(model, tok, srcs, args.max_len)
-    dt = time.perf_counter() - t
-    decode = {"greedy": score_block(hyps, refs, srcs) | {"sentences_per_s": round(len(srcs) / dt, 2), "seconds": round(dt, 1)}}
-    decode["greedy"]["samples"] = [{"src": s, "ref": r, "hyp": h} for s, r, h in list(zip(srcs, refs, hyps))[:5]]
-    (work / f"hyps-{args.tag}-greedy.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf-8")
+    model_dir = work / f"model-{args.tag}"
+    model.save_pretrained(model_dir)  # safetensors: --hf-from can decode it again, analysis can load it
     return {
         "side": "hf", "mode": args.mode, "steps": step, "epochs": epoch, "batch_sentences": bs,
         "real_tokens": real, "padded_tokens": padded, "real_tokens_per_step": real / max(step, 1),
         "train_loop_seconds": round(loop_s, 1), "tokens_per_s": real / max(loop_s, 1e-9),
-        "wall_seconds": round(time.perf_counter() - t_start, 1), "loss_curve": curve, "decode": decode,
+        "wall_seconds": round(time.perf_counter() - t_start, 1), "loss_curve": curve,
+        "decode": hf_decode(model, tok, work, args),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "model_dir": str(model_dir), "args": hf_identity(args),
     }
 
 
-def hf_translate(model, tok, sentences: list[str], max_len: int, batch_size: int = 64) -> list[str]:
-    """Greedy `generate` in batches, sorted by length like tpipe's Translator (same padding waste)."""
+def hf_identity(args) -> dict:
+    """What decides the HF side's trained model (it is seeded and runs on one thread)."""
+    return {"seed": args.seed, "lr": args.lr, "warmup": args.warmup, "vocab": args.vocab,
+            "hf_batch": args.hf_batch, "mode": args.mode, "budget": args.budget}
+
+
+def hf_decode(model, tok, work: Path, args) -> dict:
+    """Greedy on the test split, plus the same cut at the recipe's source-length bound."""
+    from pipeline.config import load_config
+
+    test = test_pairs(work, args.test_max)
+    srcs, refs = [s for s, _ in test], [t for _, t in test]
+    recipe_eval = load_config(str(RECIPE)).eval
+    bound = (recipe_eval.max_len_a, recipe_eval.max_len_b)
+    t = time.perf_counter()
+    hyps, hyps_bounded = hf_translate(model, tok, srcs, args.max_len, bound=bound)
+    dt = time.perf_counter() - t
+    decode = {"greedy": score_block(hyps, refs, srcs) | {"sentences_per_s": round(len(srcs) / dt, 2), "seconds": round(dt, 1)}}
+    if bound[0]:
+        decode["greedy_bounded"] = score_block(hyps_bounded, refs, srcs) | {"bound": list(bound)}
+    decode["greedy"]["samples"] = [{"src": s, "ref": r, "hyp": h} for s, r, h in list(zip(srcs, refs, hyps))[:5]]
+    (work / f"hyps-{args.tag}-greedy.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf-8")
+    return decode
+
+
+def hf_replay(args) -> dict:
+    """--hf-from: the HF side of an earlier run of this bench with the same arguments (it is seeded and
+    single-threaded, so training it again gives the same model), decoded again here; its training
+    figures are that run's. At 400 steps the HF loop trains for over an hour on one thread."""
+    import torch
+    from transformers import MarianMTModel
+
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    earlier = json.loads(Path(args.hf_from).read_text())
+    want = hf_identity(args)
+    if earlier.get("args") != want:
+        raise SystemExit(f"--hf-from {args.hf_from} was trained with {earlier.get('args')}, this run needs {want}")
+    tok = hf_tokenizer(work / "split", args.vocab, work)
+    model = MarianMTModel.from_pretrained(earlier["model_dir"]).eval()
+    return earlier | {"decode": hf_decode(model, tok, work, args), "replayed_from": args.hf_from}
+
+
+def hf_translate(model, tok, sentences: list[str], max_len: int, batch_size: int = 64,
+                 bound: tuple[float, int] = (0.0, 0)) -> tuple[list[str], list[str]]:
+    """Greedy `generate` in batches, sorted by length like tpipe's Translator (same padding waste).
+
+    Returns (translations, the same cut at tpipe's source-length bound ⌊a·S + b⌋): `generate` has no
+    such option, and greedy output under a length bound is the unbounded output cut there (tpipe's
+    tests/model/test_model_generation.py), so the second list is what HF would give with the bound."""
+    import math
+
     import torch
 
     eos = tok.eos_token_id
     ids = [x[: 255] + [eos] for x in tok(sentences, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = [""] * len(ids)
+    out, cut = [""] * len(ids), [""] * len(ids)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             gen = model.generate(**batch, max_new_tokens=max_len, num_beams=1, do_sample=False)
-            for i, text in zip(idx, tok.batch_decode(gen, skip_special_tokens=True)):
-                out[i] = text.strip()
-    return out
+            for i, row in zip(idx, gen.tolist()):
+                row = row[1:]  # generate's rows start with the decoder start token
+                out[i] = tok.decode(row, skip_special_tokens=True).strip()
+                if bound[0]:
+                    n = max(1, min(max_len, math.floor(bound[0] * len(ids[i]) + bound[1])))
+                    cut[i] = tok.decode(row[:n], skip_special_tokens=True).strip()
+    return out, cut
 
 
 def score_block(hyps: list[str], refs: list[str], srcs: list[str]) -> dict:
@@ -451,14 +513,15 @@ def prepare_tpipe(work: Path, args) -> dict:
     cfg = tpipe_config(work / "split", work, args, "prepare", 0, [])
     res = run_pipeline(cfg, until_step="encode", quiet=True)["results"]
     tok = load_tokenizer(res["tokenizer"].out_dir)
-    loader = TokenBatchLoader(token_files(res["encode"].out_dir, "train"), max_tokens=args.max_tokens,
+    k = recipe_accumulation()
+    loader = TokenBatchLoader(token_files(res["encode"].out_dir, "train"), max_tokens=args.max_tokens // k,
                               pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, seed=args.seed)
     real, padded, batches = 0, 0, 0
     for b in loader:
         real += int((b["src"] != tok.pad_id).sum() + (b["tgt"] != tok.pad_id).sum())
         padded += b["src"].numel() + b["tgt"].numel()
         batches += 1
-    return {"real_tokens_per_step": real / batches, "padding": 1 - real / padded, "batches_per_epoch": batches,
+    return {"real_tokens_per_step": k * real / batches, "padding": 1 - real / padded, "batches_per_epoch": batches,
             "rows": res["encode"].summary["rows"]}
 
 
@@ -501,15 +564,17 @@ def _shared_args(args) -> list[str]:
     return ["--seed", str(args.seed), "--max-tokens", str(args.max_tokens), "--lr", str(args.lr),
             "--warmup", str(args.warmup), "--vocab", str(args.vocab), "--hf-batch", str(args.hf_batch),
             "--max-len", str(args.max_len), "--test-max", str(args.test_max)] + (["--no-beam"] if args.no_beam else []) \
+        + (["--hf-from", args.hf_from] if args.hf_from else []) \
         + (["--via-ray"] if args.via_ray else [])
 
 
 ABLATIONS = [  # (row name, tpipe overrides on top of the recipe); each trained at equal steps
-    ("recipe without EMA (train.ema_decay=0)", ["train.ema_decay=0"]),
-    ("recipe without label smoothing", ["train.label_smoothing=0"]),
-    ("recipe, dropout 0 (instead of 0.1)", ["model.dropout=0"]),
-    ("recipe, inverse-sqrt schedule (instead of cosine)", ["train.schedule=inverse_sqrt"]),
-]
+    ("one length bucket per step (2048-token batches)", ["train.max_tokens=2048", "train.accumulate_grad_batches=1"]),
+    ("dropout 0.1 (instead of 0)", ["model.dropout=0.1"]),
+    ("without EMA (train.ema_decay=0)", ["train.ema_decay=0"]),
+    ("without label smoothing", ["train.label_smoothing=0"]),
+    ("inverse-sqrt schedule (instead of cosine)", ["train.schedule=inverse_sqrt"]),
+]  # the decoding levers need no training: the recipe row is also decoded without its length bound and with beam 5
 
 
 def row(name: str, r: dict, key: str = "greedy") -> str:
@@ -517,11 +582,12 @@ def row(name: str, r: dict, key: str = "greedy") -> str:
     pad = 100 * (1 - r["real_tokens"] / max(r["padded_tokens"], 1))
     return (f"{name:44s} {r['steps']:6d} {r['real_tokens'] / 1e6:7.2f}M {pad:5.1f} {r['tokens_per_s']:8.0f} "
             f"{r['train_loop_seconds'] / 60:6.1f} {r['wall_seconds'] / 60:6.1f} {d['bleu']:6.2f} {d['chrf']:6.2f} "
-            f"{d['sentences_per_s']:7.1f}")
+            f"{d.get('length_ratio', float('nan')):5.2f} {100 * d.get('runaway', float('nan')):5.1f} "
+            + (f"{d['sentences_per_s']:7.1f}" if "sentences_per_s" in d else f"{'':>7s}"))
 
 
 HEADER = (f"{'':44s} {'steps':>6s} {'tokens':>8s} {'pad%':>5s} {'tok/s':>8s} {'train':>6s} {'wall':>6s} {'BLEU':>6s} "
-          f"{'chrF':>6s} {'sent/s':>7s}")
+          f"{'chrF':>6s} {'len':>5s} {'run%':>5s} {'sent/s':>7s}")
 
 
 def main() -> None:
@@ -536,7 +602,8 @@ def main() -> None:
     p.add_argument("--data", default=os.environ.get("TPIPE_BENCH_DATA", str(Path.home() / ".cache" / "tpipe-bench")))
     p.add_argument("--out", default="", help="work folder (default: a new temporary folder)")
     p.add_argument("--seed", type=int, default=4, help="split and training seed; 4 gives 80/10/10 %% of the packages")
-    p.add_argument("--max-tokens", type=int, default=2048, help="tpipe's padded tokens per step")
+    p.add_argument("--max-tokens", type=int, default=2048, help="tpipe's padded tokens per optimizer step (the recipe's "
+                   "train.max_tokens x train.accumulate_grad_batches)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--vocab", type=int, default=8000)
@@ -544,6 +611,8 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=128, help="longest generated target")
     p.add_argument("--test-max", type=int, default=0, help="decode at most this many test pairs (0: all)")
     p.add_argument("--no-beam", action="store_true")
+    p.add_argument("--hf-from", default="", help="reuse the HF side of an earlier run with the same arguments "
+                   "(its result-hf-*.json; its saved model is decoded again): the HF loop is seeded and single-threaded")
     p.add_argument("--via-ray", action="store_true", help="train tpipe through its pipeline on Ray Train (one "
                    "shared local Ray); default: the same training loop in process, on the pipeline's data steps")
     # worker-only
@@ -557,7 +626,7 @@ def main() -> None:
     args = p.parse_args()
 
     if args.worker:
-        res = (tpipe_worker if args.worker == "tpipe" else hf_worker)(args)
+        res = (tpipe_worker if args.worker == "tpipe" else hf_replay if args.hf_from else hf_worker)(args)
         tmp = Path(args.result + ".tmp")
         tmp.write_text(json.dumps(res, indent=1))
         os.replace(tmp, args.result)
@@ -658,7 +727,8 @@ def report(results: dict, split: dict, prep: dict, args, work: Path, seconds: fl
     copy = score([s for s, _ in test], [t for _, t in test], TGT)
     print()
     print(f"test: {len(test)} pairs of {split['packages']['test']} unseen packages; train {split['pairs']['train']} pairs")
-    print(HEADER + "   (tok/s: real source+target tokens per second of the training loop; train/wall in minutes)")
+    print(HEADER + "   (tok/s: real source+target tokens per second of the training loop; train/wall in minutes; len: "
+          "hypothesis/reference length; run%: outputs over twice their source plus 20 characters)")
     for mode, title in (("steps", "equal steps"), ("time", f"equal wall time ({args.minutes:g} min)")):
         if f"tpipe-{mode}" not in results:
             continue
@@ -667,7 +737,11 @@ def report(results: dict, split: dict, prep: dict, args, work: Path, seconds: fl
         print(row("tpipe, greedy", t))
         if "beam5" in t["decode"]:
             print(row(f"tpipe, beam 5 (length penalty {t['generation']['length_penalty']})", t, "beam5"))
+        if "greedy_unbounded" in t["decode"]:
+            print(row("tpipe, greedy without the length bound", t, "greedy_unbounded"))
         print(row(f"HF MarianMTModel loop, greedy ({h['batch_sentences']} sent/batch)", h))
+        if "greedy_bounded" in h["decode"]:
+            print(row("HF loop, greedy cut at tpipe's length bound", h, "greedy_bounded"))
     print(f"{'copy the source':44s} {'':6s} {'':8s} {'':5s} {'':8s} {'':6s} {'':6s} {copy['bleu']:6.2f} {copy['chrf']:6.2f}")
     abl = {k: v for k, v in results.items() if k.startswith("abl")}
     if abl:
@@ -691,6 +765,10 @@ def report(results: dict, split: dict, prep: dict, args, work: Path, seconds: fl
     summary = {
         "tpipe_bleu": g(s, "bleu"), "hf_bleu": g(hs, "bleu"), "tpipe_chrf": g(s, "chrf"), "hf_chrf": g(hs, "chrf"),
         "tpipe_beam5_bleu": s["decode"]["beam5"]["bleu"] if s and "beam5" in s["decode"] else None,
+        # the decoding lever, both ways: tpipe without its length bound, HF cut at it
+        "tpipe_unbounded_bleu": s["decode"]["greedy_unbounded"]["bleu"] if s and "greedy_unbounded" in s["decode"] else None,
+        "hf_bounded_bleu": hs["decode"]["greedy_bounded"]["bleu"] if hs and "greedy_bounded" in hs["decode"] else None,
+        "hf_bounded_chrf": hs["decode"]["greedy_bounded"]["chrf"] if hs and "greedy_bounded" in hs["decode"] else None,
         "time_tpipe_bleu": g(tm, "bleu"), "time_hf_bleu": g(ht, "bleu"),
         "time_tpipe_chrf": g(tm, "chrf"), "time_hf_chrf": g(ht, "chrf"),
         "time_tpipe_steps": tm["steps"] if tm else None, "time_hf_steps": ht["steps"] if ht else None,

@@ -171,6 +171,19 @@ def test_bucketing_keeps_padding_low(corpus):
     assert pad / (real + pad) < 0.10
 
 
+def test_consecutive_batches_come_from_random_length_buckets(corpus):
+    """What train.accumulate_grad_batches relies on to mix lengths within a step (the en_de_small recipe's
+    4 micro-batches): each batch is one bucket, but the batches that follow each other are not ordered
+    by length, so a step of k of them holds short and long sentences alike."""
+    paths, _ = corpus
+    widths = [b["src"].size(1) for b in make(paths, max_tokens=200, pool_rows=1000)]
+    assert len(widths) > 40
+    steps = [widths[i : i + 4] for i in range(0, len(widths) - 3, 4)]
+    spread = np.mean([max(w) - min(w) for w in steps])
+    assert spread > 8, (spread, widths)  # sorted batches would give a spread of about 1 between neighbours
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+
+
 def test_resume_at_an_epoch_boundary_keeps_step_with_the_trainer(corpus):
     """As a trainer drives it: set_epoch(e) at each epoch start, a state saved after epoch 0's last batch."""
     paths, _ = corpus
