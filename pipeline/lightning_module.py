@@ -178,8 +178,8 @@ class Seq2SeqModule(L.LightningModule):
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.train_cfg.lr,
-            betas=(0.9, 0.98),
-            eps=1e-9,
+            betas=(0.9, self.train_cfg.adam_beta2),
+            eps=self.train_cfg.adam_eps,
         )
         tcfg = self.train_cfg
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -40,6 +40,15 @@ def test_schedule_warms_up_to_peak_then_decays(schedule):
         assert f(99) == 1.0
 
 
+def test_adamw_takes_its_betas_and_eps_from_the_config():
+    module = Seq2SeqModule(small_model_cfg(), TrainConfig(adam_beta2=0.999, adam_eps=1e-8, weight_decay=0.05))
+    opt = module.configure_optimizers()["optimizer"]
+    assert {(g["betas"], g["eps"]) for g in opt.param_groups} == {((0.9, 0.999), 1e-8)}
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.05]
+    default = Seq2SeqModule(small_model_cfg(), TrainConfig()).configure_optimizers()["optimizer"]
+    assert default.param_groups[0]["betas"] == (0.9, 0.98) and default.param_groups[0]["eps"] == 1e-9
+
+
 def test_loss_ignores_padding():
     torch.manual_seed(0)
     module = Seq2SeqModule(small_model_cfg(), TrainConfig(label_smoothing=0.0))
