@@ -268,8 +268,8 @@ def tpipe_worker(args) -> dict:
     # greedy and beam 5 as the package decodes (its generation.json: the recipe's eval section), and
     # greedy without the recipe's source-length bound (eval.max_len_a = 0), the decoding lever's ablation
     for name, beam, bound in (("greedy", 1, None), ("beam5", 5, None), ("greedy_unbounded", 1, 0.0)):
-        if beam > 1 and args.no_beam or bound is not None and not tr.generation.get("max_len_a"):
-            continue
+        if beam > 1 and args.no_beam or bound is not None and (not tr.generation.get("max_len_a") or args.tag.startswith("abl")):
+            continue  # ablation rows: their training lever only
         t = time.perf_counter()
         hyps = tr.translate(srcs, beam_size=beam, max_len=args.max_len, max_len_a=bound)
         dt = time.perf_counter() - t
