@@ -184,7 +184,9 @@ def tpipe_train_in_process(cfg, res, out_dir: Path) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             step = trainer.global_step
             if (step - 1) % tcfg.log_every_steps == 0:  # the steps tpipe logs train/loss on
-                self.curve.append((step - 1, round(float(outputs["loss"].detach()), 4), time.time()))
+                # Lightning hands over the loss divided by accumulate_grad_batches (what it back-propagates)
+                loss = float(outputs["loss"].detach()) * tcfg.accumulate_grad_batches
+                self.curve.append((step - 1, round(loss, 4), time.time()))
 
     log = LossLog()
     trainer = L.Trainer(
