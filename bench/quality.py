@@ -181,12 +181,18 @@ def tpipe_train_in_process(cfg, res, out_dir: Path) -> dict:
         def __init__(self):
             self.curve: list[tuple[int, float, float]] = []
 
+            self.parts: list[float] = []
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             step = trainer.global_step
             if (step - 1) % tcfg.log_every_steps == 0:  # the steps tpipe logs train/loss on
-                # Lightning hands over the loss divided by accumulate_grad_batches (what it back-propagates)
-                loss = float(outputs["loss"].detach()) * tcfg.accumulate_grad_batches
-                self.curve.append((step - 1, round(loss, 4), time.time()))
+                # Lightning hands over the loss divided by accumulate_grad_batches (what it back-propagates);
+                # with accumulation, the point is the mean of the micro-batches seen at this step count
+                if not self.curve or self.curve[-1][0] != step - 1:
+                    self.parts = []
+                    self.curve.append((step - 1, 0.0, time.time()))
+                self.parts.append(float(outputs["loss"].detach()) * tcfg.accumulate_grad_batches)
+                self.curve[-1] = (step - 1, round(sum(self.parts) / len(self.parts), 4), self.curve[-1][2])
 
     log = LossLog()
     trainer = L.Trainer(
