@@ -581,7 +581,7 @@ ABLATIONS = [  # (row name, tpipe overrides on top of the recipe); each trained 
     ("dropout 0.1 (instead of 0)", ["model.dropout=0.1"]),
     ("without EMA (train.ema_decay=0)", ["train.ema_decay=0"]),
     ("without label smoothing", ["train.label_smoothing=0"]),
-    ("inverse-sqrt schedule (instead of cosine)", ["train.schedule=inverse_sqrt"]),
+    ("cosine schedule (instead of inverse-sqrt)", ["train.schedule=cosine"]),
     ("AdamW β2 0.98, ε 1e-9 (the paper's; instead of 0.999, 1e-8)", ["train.adam_beta2=0.98", "train.adam_eps=1e-9"]),
 ]  # the decoding levers need no training: the recipe row is also decoded without its length bound and with beam 5
 
