@@ -768,7 +768,8 @@ def report(results: dict, split: dict, prep: dict, args, work: Path, seconds: fl
         return r["decode"]["greedy"][k] if r else None
 
     ratio = None
-    pairs = [(a, b) for a, b in ((s, hs), (tm, ht)) if a and b]
+    # a replayed HF side (--hf-from) trained at another time, under another load: no throughput ratio
+    pairs = [(a, b) for a, b in ((s, hs), (tm, ht)) if a and b and not b.get("replayed_from")]
     if pairs:
         ratio = round(sum(a["tokens_per_s"] for a, _ in pairs) / sum(b["tokens_per_s"] for _, b in pairs), 3)
     summary = {
