@@ -118,12 +118,13 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
     return logits
 
 
-def _one_row_per_sentence(model, src, max_len, choose, use_cache, trace, limits=None) -> Tensor:
+def _one_row_per_sentence(model, src, max_len, choose, use_cache, trace, max_len_a=0.0, max_len_b=0) -> Tensor:
     """Decode with `choose(logits (B, V)) -> (B,)`; returns (B, n ≤ max_len) tokens, PAD after EOS.
 
-    `limits` (B,): row i ends with EOS once it holds limits[i] tokens (see `length_limits`)."""
+    With max_len_a > 0, row i ends with EOS once it holds `length_limits(...)[i]` tokens."""
     cfg = model.cfg
     B = src.size(0)
+    limits = length_limits(src, cfg.pad_id, max_len, max_len_a, max_len_b) if max_len_a else None
     steps = _start(model, src, max_len, 1, use_cache)
     prefix = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=src.device)  # (B, 1)
     finished = torch.zeros(B, dtype=torch.bool, device=src.device)
@@ -153,8 +154,9 @@ def greedy_search(
     max_len_b: int = 0,
 ):
     """Most likely next token at every step. `trace`, a list, collects each step's (B, V) logits."""
-    limits = length_limits(src, model.cfg.pad_id, max_len, max_len_a, max_len_b) if max_len_a else None
-    tokens = _one_row_per_sentence(model, src, max_len, lambda logits: logits.argmax(dim=-1), use_cache, trace, limits)
+    tokens = _one_row_per_sentence(
+        model, src, max_len, lambda logits: logits.argmax(dim=-1), use_cache, trace, max_len_a, max_len_b
+    )
     return [_strip(row, model.cfg.eos_id) for row in tokens.tolist()]
 
 
@@ -178,8 +180,7 @@ def sample(
         probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
-    limits = length_limits(src, model.cfg.pad_id, max_len, max_len_a, max_len_b) if max_len_a else None
-    tokens = _one_row_per_sentence(model, src, max_len, choose, use_cache, None, limits)
+    tokens = _one_row_per_sentence(model, src, max_len, choose, use_cache, None, max_len_a, max_len_b)
     return [_strip(row, model.cfg.eos_id) for row in tokens.tolist()]
 
 

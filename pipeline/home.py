@@ -97,7 +97,7 @@ class Home:
         deadline = time.monotonic() + wait_s
         while True:
             holder = _holder(self.run_lock_file.read_text(encoding="utf-8")) or {}
-            if "pid" in holder and _alive(holder["pid"]) or time.monotonic() > deadline:
+            if ("pid" in holder and _alive(holder["pid"])) or time.monotonic() > deadline:
                 return holder
             time.sleep(0.05)
 
