@@ -674,12 +674,12 @@ def main() -> None:
     print(f"work folder {work}\nsplit by package (seed {args.seed}): pairs {split['pairs']}, packages "
           f"{split['packages']}; test packages: {', '.join(split['test_packages'])}", flush=True)
     prep = prepare_tpipe(work, args)
-    per_sentence = 0.0
+    hf_batch = f"{args.hf_batch} sentences per batch (--hf-batch)"
     if not args.hf_batch:
         args.hf_batch, per_sentence = hf_batch_size(work, args, prep["real_tokens_per_step"])
+        hf_batch = f"{args.hf_batch} sentences per batch ({per_sentence:.1f} real tokens per sentence)"
     print(f"tpipe: {prep['real_tokens_per_step']:.0f} real tokens per step ({args.max_tokens} padded budget, "
-          f"{100 * prep['padding']:.1f} % padding); HF: {args.hf_batch} sentences per batch "
-          f"({per_sentence:.1f} real tokens per sentence)", flush=True)
+          f"{100 * prep['padding']:.1f} % padding); HF: {hf_batch}", flush=True)
 
     results: dict[str, dict] = {}
     budget_s = args.minutes * 60
