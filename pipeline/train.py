@@ -119,7 +119,10 @@ def trainer_settings(tcfg) -> dict[str, Any]:
         precision=precision,
         gradient_clip_val=tcfg.grad_clip or None,
         accumulate_grad_batches=tcfg.accumulate_grad_batches,
-        val_check_interval=tcfg.val_every_steps,
+        # Lightning counts val_check_interval in batches, not optimizer steps: with accumulation a step
+        # is `accumulate_grad_batches` batches, and validation (and so Ray Train's checkpoints) would
+        # come that many times too often.
+        val_check_interval=tcfg.val_every_steps * tcfg.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         log_every_n_steps=tcfg.log_every_steps,
         num_sanity_val_steps=0,

@@ -83,3 +83,32 @@ def test_training_inputs_are_checked_on_the_driver(tmp_path, overrides, train_ro
     assert "\n" not in str(e.value)
     fine = _token_shard(tmp_path / "fine.parquet", [(3, 3)] * 2)
     check_training_inputs(load_config("smoke"), [train, fine], [fine])  # the same shards with enough rows pass
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_validation_comes_every_val_every_steps_optimizer_steps_whatever_the_accumulation(accumulate):
+    """train.val_every_steps counts optimizer steps, as max_steps does, also when a step is several batches."""
+    import lightning as L
+
+    from pipeline.config import TrainConfig
+    from pipeline.lightning_module import Seq2SeqModule
+    from pipeline.train import trainer_settings
+    from tests.pipeline.test_lightning_module import copy_batch, small_model_cfg
+
+    class ValidatedAt(L.Callback):
+        def __init__(self):
+            self.steps: list[int] = []
+
+        def on_validation_end(self, trainer, pl_module):
+            self.steps.append(trainer.global_step)
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [copy_batch(gen, n=4) for _ in range(40)]
+    tcfg = TrainConfig(max_steps=8, val_every_steps=4, accumulate_grad_batches=accumulate, warmup_steps=2)
+    settings = trainer_settings(tcfg) | dict(logger=False)
+    seen = ValidatedAt()
+    trainer = L.Trainer(callbacks=[seen], **settings)
+    trainer.fit(Seq2SeqModule(small_model_cfg(), tcfg), train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None),
+                val_dataloaders=torch.utils.data.DataLoader(batches[:2], batch_size=None))
+    assert trainer.global_step == 8
+    assert seen.steps == [4, 8], seen.steps
