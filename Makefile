@@ -9,6 +9,10 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Test files run TEST_WORKERS at a time (pytest-xdist), each file whole in one worker so that its
+# module fixtures (a Ray cluster, a trained run) are built once. Most of an end-to-end test's wall
+# time is Ray starting, polling and waiting, not CPU. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install run test test-heavy test-fast bench-tokenizer bench-data bench-model bench-train bench-quality ui clean
 
@@ -24,7 +28,7 @@ run: $(STAMP)
 	$(VENV)/bin/tpipe run $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-heavy: $(STAMP)
 	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)

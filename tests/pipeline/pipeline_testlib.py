@@ -20,10 +20,18 @@ def tpipe_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+# `python -m pipeline.cli`, with Ctrl-C as a terminal delivers it. A process started with SIGINT
+# ignored (under nohup, or `cmd &` in a script: how CI and developers often start the suite) passes
+# that on to its children, and a Python started so never raises KeyboardInterrupt; ignored signals
+# survive exec, so the child itself has to install Python's handler again.
+_AS_FROM_A_TERMINAL = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                       "runpy.run_module('pipeline.cli', run_name='__main__', alter_sys=True)")
+
+
 def tpipe(home: Path, *args: str, **popen) -> subprocess.Popen:
-    """Start `tpipe ARGS` in a session of its own (killpg reaches it and all it starts)."""
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=tpipe_env(home), text=True,
-                            start_new_session=True, **popen)
+    """Start `tpipe ARGS` in a session of its own (killpg reaches it and all it starts), as from a terminal."""
+    return subprocess.Popen([sys.executable, "-c", _AS_FROM_A_TERMINAL, *args], cwd=REPO, env=tpipe_env(home),
+                            text=True, start_new_session=True, **popen)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
