@@ -65,6 +65,8 @@ class Seq2SeqModule(L.LightningModule):
         decode_fn: Callable[[list[int]], str] | None = None,
         bleu_sample: list[tuple[list[int], str]] | None = None,
         tgt_lang: str = "en",
+        max_len_a: float = 0.0,
+        max_len_b: int = 0,
     ):
         super().__init__()
         # The configs go into checkpoints as plain values (no pickled classes), so that
@@ -79,8 +81,11 @@ class Seq2SeqModule(L.LightningModule):
         )
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.model = Transformer(model_cfg)
-        # For validation BLEU: a fixed sample of (source ids, reference text) decoded greedily.
+        # For validation BLEU: a fixed sample of (source ids, reference text) decoded greedily, each
+        # translation bounded by max_len_a * its source's tokens + max_len_b as the registered model's
+        # decoding is (eval.max_len_a/b): unbounded, a young model's runaway outputs sink the score.
         self.decode_fn, self.bleu_sample, self.tgt_lang = decode_fn, bleu_sample or [], tgt_lang
+        self.max_len_a, self.max_len_b = max_len_a, max_len_b
         self._t_last: float | None = None
         self._tokens_since = 0
         self._val: dict[str, float] = {}
@@ -162,7 +167,8 @@ class Seq2SeqModule(L.LightningModule):
         was_training = self.model.training
         self.model.eval()
         src = torch.from_numpy(pad_rows([ids for ids, _ in self.bleu_sample], self.model_cfg.pad_id)).to(self.device)
-        hyps = generate(self.model, src, max_len=self.model_cfg.max_seq_len - 2, beam_size=1)  # src (B, S)
+        hyps = generate(self.model, src, max_len=self.model_cfg.max_seq_len - 2, beam_size=1,  # src (B, S)
+                        max_len_a=self.max_len_a, max_len_b=self.max_len_b)
         self.model.train(was_training)
         texts = [self.decode_fn(h) for h in hyps]
         return float(score(texts, [r for _, r in self.bleu_sample], self.tgt_lang)["bleu"])

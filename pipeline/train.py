@@ -55,7 +55,8 @@ def train_func(config: dict[str, Any]) -> None:
         return
     tokenizer, train_loader, val_loader = inputs
     bleu_sample = [(list(ids), ref) for ids, ref in config["bleu_sample"]]
-    module = Seq2SeqModule(cfg.model, cfg.train, tokenizer.decode, bleu_sample, tgt_lang=cfg.data.tgt_lang)
+    module = Seq2SeqModule(cfg.model, cfg.train, tokenizer.decode, bleu_sample, tgt_lang=cfg.data.tgt_lang,
+                           max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
     callbacks: list[L.Callback] = [
         ReportOnValidation(),  # a Ray Train checkpoint after every validation, scored by val_loss
         TrainingState(train_loader, cfg.seed),  # loader position in each checkpoint; RNG seeded per batch

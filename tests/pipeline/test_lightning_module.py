@@ -170,3 +170,19 @@ def test_steps_between_logging_steps_read_nothing_back_from_the_device(monkeypat
     stray = {step: calls for step, calls in reads.items() if step % every not in (every - 1, 0, 1)}
     assert not stray, stray
     assert any(step % every in (every - 1, 0, 1) for step in reads), "the counter saw no read at all: is it wired?"
+
+
+def test_validation_bleu_decodes_under_the_registered_models_length_bound():
+    """val/bleu's sample is decoded with eval.max_len_a/b, as the registered model decodes: an
+    untrained model's outputs run to max_len without the bound and stop at a·S + b with it."""
+    torch.manual_seed(0)
+    sources = [[5, 6, 7, 8, 9, EOS], [4, 5, EOS]]
+    lengths: dict[str, list[int]] = {"unbounded": [], "bounded": []}
+    for name, (a, b) in {"unbounded": (0.0, 0), "bounded": (0.5, 1)}.items():
+        torch.manual_seed(0)
+        module = Seq2SeqModule(small_model_cfg(), TrainConfig(), decode_fn=lambda ids, n=name: lengths[n].append(len(ids)) or "x",
+                               bleu_sample=[(s, "y") for s in sources], max_len_a=a, max_len_b=b)
+        module._sample_bleu()
+    # ⌊0.5·S + 1⌋ for S = 6 and 3 source tokens: 4 and 2
+    assert all(n <= limit for n, limit in zip(lengths["bounded"], [4, 2])), lengths
+    assert max(lengths["unbounded"]) > 4, lengths  # the bound is what cut them
