@@ -25,9 +25,15 @@ def load_byte_tokenizer(tokenizer_dir: str) -> ByteTokenizer:
     return ByteTokenizer()
 
 
+def _init_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray with 2 CPUs for the whole session (shared when another fixture started it)."""
+def _ray_session():
+    """Starts the session's Ray (unless another fixture already did) and stops it at the end."""
     import ray
     import ray.cloudpickle
 
@@ -35,10 +41,25 @@ def ray_local():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
+        _init_ray()
+    yield
+    if started and ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """A real local Ray with 2 CPUs, shared by the session (or with another fixture that started it).
+
+    Checked for each test: under `make test` (pytest-xdist) a worker process runs test files of other
+    folders between these, and a pipeline test's own Ray (pipeline_testlib.fresh_ray) shuts the shared
+    one down on its way out.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        _init_ray()
+    return ray
 
 
 @pytest.fixture

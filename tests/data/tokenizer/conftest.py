@@ -59,7 +59,7 @@ def small_tok(corpus_file):
     return train_tokenizer(TokenizerConfig(vocab_size=600, num_workers=1), [str(corpus_file)])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray2(ray_local):
     """The session's real local Ray with 2 CPUs (tests/data/conftest.py starts and stops it)."""
     return ray_local
