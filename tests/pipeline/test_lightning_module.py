@@ -175,7 +175,6 @@ def test_steps_between_logging_steps_read_nothing_back_from_the_device(monkeypat
 def test_validation_bleu_decodes_under_the_registered_models_length_bound():
     """val/bleu's sample is decoded with eval.max_len_a/b, as the registered model decodes: an
     untrained model's outputs run to max_len without the bound and stop at a·S + b with it."""
-    torch.manual_seed(0)
     sources = [[5, 6, 7, 8, 9, EOS], [4, 5, EOS]]
     lengths: dict[str, list[int]] = {"unbounded": [], "bounded": []}
     for name, (a, b) in {"unbounded": (0.0, 0), "bounded": (0.5, 1)}.items():
